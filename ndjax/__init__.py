@@ -1,0 +1,1 @@
+"""ndjax: Network Dissection in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Probe data: the Broden format reader/writer and probe-set generators."""

@@ -1,0 +1,209 @@
+"""Reader for Broden-format probe sets (see shared/reference/broden_format.md).
+
+Everything here is I/O and bookkeeping at the edge of the pipeline: it turns a directory into
+per-image uint8 images, int32 label layers (global label numbers) and image-level label lists.
+Cheap structural checks (every csv parses, every referenced file exists, every image-level label
+is known) happen in `open_broden`, before any forward pass; decoding errors surface per image.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+INDEX_FIXED_COLUMNS = ('image', 'split', 'ih', 'iw', 'sh', 'sw')
+
+
+class BrodenFormatError(ValueError):
+  """A probe directory that is not valid Broden format; the message is one line for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+  image: str                       # path relative to images/
+  split: str
+  ih: int
+  iw: int
+  sh: int
+  sw: int
+  mask_files: tuple[str, ...]      # pixel-level label layers (relative to images/), all categories
+  image_labels: tuple[int, ...]    # image-level global label numbers (scene, texture), 0s dropped
+
+  @property
+  def size_key(self) -> tuple[int, int, int, int]:
+    return (self.ih, self.iw, self.sh, self.sw)
+
+
+@dataclasses.dataclass
+class BrodenDataset:
+  root: pathlib.Path
+  categories: list[str]            # category.csv order
+  label_names: list[str]           # index = global label number; [0] = '-'
+  primary: np.ndarray              # int32 (n_labels,): category index of each label; -1 for 0/unused
+  records: list[ImageRecord]
+
+  @property
+  def num_labels(self) -> int:
+    return len(self.label_names)
+
+  def max_layers(self) -> int:
+    return max((len(r.mask_files) for r in self.records), default=0)
+
+  def max_image_labels(self) -> int:
+    return max((len(r.image_labels) for r in self.records), default=0)
+
+  def load_image(self, i: int) -> np.ndarray:
+    """uint8 RGB (ih, iw, 3) at native size; never resized."""
+    rec = self.records[i]
+    path = self.root / 'images' / rec.image
+    try:
+      with Image.open(path) as im:
+        arr = np.asarray(im.convert('RGB'))
+    except (OSError, SyntaxError, ValueError) as e:
+      raise BrodenFormatError(f'cannot decode image {path}: {e}') from None
+    if arr.shape[:2] != (rec.ih, rec.iw):
+      raise BrodenFormatError(
+          f'image {path} is {arr.shape[1]}x{arr.shape[0]} but index.csv says {rec.iw}x{rec.ih}')
+    return arr
+
+  def load_mask(self, rel: str, rec: ImageRecord) -> np.ndarray:
+    """One label layer as int32 global label numbers: R + 256*G (wide ints: no uint8 overflow)."""
+    path = self.root / 'images' / rel
+    try:
+      with Image.open(path) as im:
+        rgb = np.asarray(im.convert('RGB')).astype(np.int32)
+    except (OSError, SyntaxError, ValueError) as e:
+      raise BrodenFormatError(f'cannot decode mask {path}: {e}') from None
+    if rgb.shape[:2] != (rec.sh, rec.sw):
+      raise BrodenFormatError(
+          f'mask {path} is {rgb.shape[1]}x{rgb.shape[0]} but index.csv says {rec.sw}x{rec.sh}')
+    labels = rgb[..., 0] + 256 * rgb[..., 1]
+    if labels.max(initial=0) >= self.num_labels:
+      bad = int(labels.max())
+      raise BrodenFormatError(f'mask {path} holds label {bad}, which is not in label.csv '
+                              f'(labels 1..{self.num_labels - 1})')
+    return labels
+
+  def load_labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> (layers int32 (L, sh, sw) of global label numbers, image-level labels int32 (I,))."""
+    rec = self.records[i]
+    layers = [self.load_mask(rel, rec) for rel in rec.mask_files]
+    stack = (np.stack(layers) if layers else np.zeros((0, rec.sh, rec.sw), np.int32))
+    return stack, np.asarray(rec.image_labels, np.int32)
+
+
+def _read_csv(path: pathlib.Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+  if not path.is_file():
+    raise BrodenFormatError(f'{path} is missing: not a Broden-format directory '
+                            '(expected index.csv, label.csv, category.csv, c_<category>.csv, images/)')
+  try:
+    with open(path, newline='') as f:
+      reader = csv.DictReader(f)
+      header = reader.fieldnames or []
+      missing = [c for c in required if c not in header]
+      if missing:
+        raise BrodenFormatError(f'{path}: header lacks column(s) {", ".join(missing)}')
+      return list(reader)
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise BrodenFormatError(f'{path} is not a readable csv: {e}') from None
+
+
+def _int(value: str, where: str) -> int:
+  try:
+    return int(value)
+  except (TypeError, ValueError):
+    raise BrodenFormatError(f'{where}: expected an integer, got {value!r}') from None
+
+
+def _float(value: str, where: str) -> float:
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    raise BrodenFormatError(f'{where}: expected a number, got {value!r}') from None
+
+
+def primary_categories(root: pathlib.Path, categories: list[str], num_labels: int) -> np.ndarray:
+  """Primary category of each label: the c_<cat>.csv listing it with the largest coverage.
+
+  Ties go to the category that comes later in category.csv (NetDissect-Lite's rule). The image
+  counts in label.csv's `category` field are NOT coverage and are not used.
+  """
+  best_cov = np.full(num_labels, -np.inf)
+  primary = np.full(num_labels, -1, np.int32)
+  for ci, cat in enumerate(categories):
+    path = root / f'c_{cat}.csv'
+    for r, row in enumerate(_read_csv(path, ('code', 'number', 'name', 'frequency', 'coverage'))):
+      num = _int(row['number'], f'{path} row {r + 2} number')
+      if not 0 < num < num_labels:
+        raise BrodenFormatError(f'{path} row {r + 2}: label {num} is not in label.csv')
+      cov = _float(row['coverage'], f'{path} row {r + 2} coverage')
+      if cov >= best_cov[num]:           # >=: later categories win ties
+        best_cov[num], primary[num] = cov, ci
+  return primary
+
+
+def open_broden(root: str | os.PathLike, check_files: bool = True) -> BrodenDataset:
+  """Parse and check a Broden directory. Raises BrodenFormatError with a one-line message."""
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise BrodenFormatError(f'dataset directory {root} does not exist')
+  cat_rows = _read_csv(root / 'category.csv', ('name',))
+  categories = [r['name'] for r in cat_rows]
+  if not categories:
+    raise BrodenFormatError(f'{root / "category.csv"} lists no categories')
+
+  label_rows = _read_csv(root / 'label.csv', ('number', 'name'))
+  numbers = [_int(r['number'], f'{root / "label.csv"} row {i + 2} number')
+             for i, r in enumerate(label_rows)]
+  if any(n <= 0 for n in numbers):
+    raise BrodenFormatError(f'{root / "label.csv"}: label numbers must start at 1 (0 means none)')
+  num_labels = max(numbers, default=0) + 1
+  names = ['-'] * num_labels          # row 0 is absent in label.csv: fill the gap(s)
+  for n, r in zip(numbers, label_rows):
+    names[n] = r['name']
+
+  primary = primary_categories(root, categories, num_labels)
+
+  index_path = root / 'index.csv'
+  rows = _read_csv(index_path, INDEX_FIXED_COLUMNS)
+  records = []
+  images_dir = root / 'images'
+  for i, row in enumerate(rows):
+    where = f'{index_path} row {i + 2}'
+    sizes = [_int(row[c], f'{where} {c}') for c in ('ih', 'iw', 'sh', 'sw')]
+    if min(sizes) <= 0:
+      raise BrodenFormatError(f'{where}: image and mask sizes must be positive')
+    masks, image_labels = [], []
+    for cat in categories:
+      cell = row.get(cat) or ''
+      for item in filter(None, (s.strip() for s in cell.split(';'))):
+        if item.lstrip('-').isdigit():
+          num = int(item)
+          if num == 0:                  # labels dropped for rarity appear as 0: "none"
+            continue
+          if not 0 < num < num_labels or names[num] == '-':
+            raise BrodenFormatError(f'{where} ({cat}): label {num} is not in label.csv')
+          image_labels.append(num)
+        else:
+          masks.append(item)
+    rec = ImageRecord(row['image'], row['split'], *sizes, tuple(masks), tuple(image_labels))
+    if check_files:
+      for rel in (rec.image, *rec.mask_files):
+        if not (images_dir / rel).is_file():
+          raise BrodenFormatError(f'{where}: file images/{rel} does not exist')
+    records.append(rec)
+  if not records:
+    raise BrodenFormatError(f'{index_path} lists no images')
+  return BrodenDataset(root, categories, names, primary, records)
+
+
+def display_name(name: str) -> str:
+  """Report form of a label: strip the -c/-s category suffix, '_' -> ' '."""
+  for suffix in ('-c', '-s'):
+    if name.endswith(suffix):
+      name = name[: -len(suffix)]
+  return name.replace('_', ' ')

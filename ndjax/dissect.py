@@ -1,0 +1,123 @@
+"""The dissection pipeline: probe data -> activations -> thresholds -> upsample + count.
+
+Two passes over the probe set, each image forwarded once:
+  1. forward all requested layers, feed every activation to the layer's streaming exact
+     threshold, keep the activations (ActivationCache);
+  2. decode label masks, upsample + threshold + count on the device against the labels present
+     in the batch, accumulate dataset-wide integer counts.
+Scoring, tally and report live in `tally.py`; this module is the only copy of the pipeline,
+used by the CLI, the experiments and the benchmarks alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from ndjax import activations, iou, loader, thresholds, upsample
+from ndjax.cache import ActivationCache
+from ndjax.data.broden import BrodenDataset
+
+
+@dataclasses.dataclass
+class DissectConfig:
+  layers: Sequence[str]
+  tau: float = 0.005
+  upsample: str = 'rf'
+  batch_size: int = 16
+  cache_gb: float = 4.0
+  cache_dir: str | None = tempfile.gettempdir()   # None: recompute what does not fit in memory
+  skip_bad_images: bool = False
+  progress: bool = True
+  chunk: int = 4                                  # images per on-device counting step
+
+
+@dataclasses.dataclass
+class LayerResult:
+  layer: str
+  description: str
+  thresholds: np.ndarray      # (K,) float32
+  counts: iou.Counts
+
+
+@dataclasses.dataclass
+class DissectOutput:
+  layers: dict[str, LayerResult]
+  bad_images: dict[int, str]
+  images_used: int
+  timings: dict[str, float]
+
+
+def _valid_mask(batch: loader.Batch, bad: loader.BadImages) -> np.ndarray:
+  return np.array([i >= 0 and int(i) not in bad.items for i in batch.ids])
+
+
+def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
+  layers = tuple(cfg.layers)
+  if cfg.batch_size % cfg.chunk:
+    cfg = dataclasses.replace(cfg, chunk=1)
+  forward = activations.make_forward(model, layers)
+  batches = loader.plan_batches(ds, cfg.batch_size)
+  bad = loader.BadImages(cfg.skip_bad_images)
+  timings = dict(forward_and_threshold=0.0, count=0.0)
+
+  # per size group: tap shapes -> values per unit (threshold buffers) and upsampling matrices
+  shapes = {key: activations.tap_shapes(model, layers, key[:2]) for key in {b.size_key for b in batches}}
+  max_n = {l: sum(int(np.sum(b.valid)) * shapes[b.size_key][l][0] * shapes[b.size_key][l][1]
+                  for b in batches) for l in layers}
+  units = {l: shapes[batches[0].size_key][l][2] for l in layers}
+  streams = {l: thresholds.StreamingThreshold(units[l], max_n[l], cfg.tau) for l in layers}
+  mats = {}
+  for key, per_layer in shapes.items():
+    for l, (h, w, _) in per_layer.items():
+      rf = model.rf_geometry(l) if cfg.upsample == 'rf' else None
+      wy, wx = upsample.matrices(cfg.upsample, (h, w), key[:2], key[2:], rf)
+      mats[key, l] = (jnp.asarray(wy), jnp.asarray(wx))
+
+  cache = ActivationCache(cfg.cache_gb, cfg.cache_dir)
+  try:
+    # ---- pass 1: forward + exact thresholds --------------------------------------------------
+    t0 = time.perf_counter()
+    for batch in tqdm(loader.prefetch(batches, ds.load_image, bad), total=len(batches),
+                      desc='pass 1/2 forward + thresholds', unit='batch', disable=not cfg.progress):
+      valid = _valid_mask(batch, bad)
+      acts = forward(loader.stack_images(batch))
+      for l in layers:
+        streams[l].update(acts[l], valid)
+        cache.put(batch.index, l, np.asarray(acts[l]))
+    thr = {l: streams[l].result() for l in layers}
+    timings['forward_and_threshold'] = time.perf_counter() - t0
+
+    # ---- pass 2: upsample + threshold + count ---------------------------------------------------
+    t0 = time.perf_counter()
+    num_cats = len(ds.categories)
+    counts = {l: iou.Counts.zeros(units[l], ds.num_labels, num_cats) for l in layers}
+    thr_dev = {l: jnp.asarray(thr[l]) for l in layers}
+    max_layers, max_image = ds.max_layers(), ds.max_image_labels()
+    for batch in tqdm(loader.prefetch(batches, ds.load_labels, bad), total=len(batches),
+                      desc='pass 2/2 upsample + count', unit='batch', disable=not cfg.progress):
+      valid = _valid_mask(batch, bad)
+      labels = loader.stack_labels(batch, ds, max_layers, max_image)
+      if cache.has_batch(batch.index, layers):
+        acts = {l: cache.pop(batch.index, l) for l in layers}
+      else:     # not cached (over budget, no spill dir): recompute this batch's forward pass
+        images = [None if i < 0 or int(i) in bad.items else ds.load_image(int(i)) for i in batch.ids]
+        acts = forward(loader.stack_images(dataclasses.replace(batch, data=images)))
+      for l in layers:
+        wy, wx = mats[batch.size_key, l]
+        out = iou.count_batch(acts[l], thr_dev[l], wy, wx, labels.layers, labels.image_labels,
+                              labels.label_cat, valid, num_local=len(labels.label_cat),
+                              num_cats=num_cats, chunk=cfg.chunk)
+        counts[l].add(out, labels.global_ids)
+    timings['count'] = time.perf_counter() - t0
+  finally:
+    cache.close()
+
+  used = sum(int(np.sum(_valid_mask(b, bad))) for b in batches)
+  results = {l: LayerResult(l, model.describe(l), thr[l], counts[l]) for l in layers}
+  return DissectOutput(results, dict(bad.items), used, timings)

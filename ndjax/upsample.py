@@ -1,0 +1,83 @@
+"""Upsampling activation maps to mask resolution as separable bilinear interpolation matrices.
+
+Both modes are the same operation with different grid points: the activation value of unit (i, j)
+sits at a point (origin + i*spacing) in mask coordinates, and every mask pixel centre (y + 0.5)
+reads the bilinear interpolation of its four neighbouring grid points, clamped to the outermost
+points beyond them.
+- `rf`: grid points are the receptive-field centres of the units (models/geometry.py), scaled from
+  image to mask coordinates (the paper).
+- `center`: grid points are pixel centres of an h x w map stretched over the mask, i.e. torch's
+  `interpolate(mode='bilinear', align_corners=False)` without antialias (NetDissect-Lite).
+The matrices are built once per (layer, image size) on the host in float64; applying them is two
+small matmuls on the device, fused with the threshold comparison in `iou.py`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MODES = ('rf', 'center')
+
+
+def interpolation_matrix(out_size: int, in_size: int, origin: float, spacing: float) -> np.ndarray:
+  """(out_size, in_size) float32 bilinear weights; grid point i at origin + i*spacing."""
+  t = (np.arange(out_size) + 0.5 - origin) / spacing
+  t = np.clip(t, 0.0, in_size - 1)
+  lo = np.floor(t).astype(np.int64)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = t - lo
+  w = np.zeros((out_size, in_size), np.float64)
+  rows = np.arange(out_size)
+  np.add.at(w, (rows, lo), 1.0 - frac)
+  np.add.at(w, (rows, hi), frac)
+  return w.astype(np.float32)
+
+
+def torch_bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+  """torch's align_corners=False source index and weights, in its own float32 arithmetic.
+
+  Mathematically the `center` grid of `interpolation_matrix`; computed the way
+  aten/src/ATen/native/UpSample.h does so that `center` reproduces NetDissect-Lite's masks.
+  """
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+  src = np.maximum(src, np.float32(0))
+  lo = src.astype(np.int64)
+  hi = np.minimum(lo + 1, in_size - 1)
+  lam = src - lo.astype(np.float32)
+  w = np.zeros((out_size, in_size), np.float32)
+  rows = np.arange(out_size)
+  np.add.at(w, (rows, lo), np.float32(1) - lam)
+  np.add.at(w, (rows, hi), lam)
+  return w
+
+
+def grid(mode: str, map_size: int, image_size: int, mask_size: int,
+         rf: tuple[float, float] | None) -> tuple[float, float]:
+  """(origin, spacing) of the activation grid in MASK coordinates for one axis."""
+  if mode == 'center':
+    spacing = mask_size / map_size
+    return 0.5 * spacing, spacing
+  if mode == 'rf':
+    origin, spacing = rf
+    scale = mask_size / image_size
+    return origin * scale, spacing * scale
+  raise ValueError(f'unknown upsample mode {mode!r}; valid: {", ".join(MODES)}')
+
+
+def matrices(mode: str, map_hw: tuple[int, int], image_hw: tuple[int, int],
+             mask_hw: tuple[int, int], rf: tuple[float, float] | None):
+  """(Wy (sh, h), Wx (sw, w)) for one layer and one image/mask size."""
+  if mode == 'center':
+    return (torch_bilinear_matrix(mask_hw[0], map_hw[0]), torch_bilinear_matrix(mask_hw[1], map_hw[1]))
+  wy = interpolation_matrix(mask_hw[0], map_hw[0], *grid(mode, map_hw[0], image_hw[0], mask_hw[0], rf))
+  wx = interpolation_matrix(mask_hw[1], map_hw[1], *grid(mode, map_hw[1], image_hw[1], mask_hw[1], rf))
+  return wy, wx
+
+
+def upsample(acts: jax.Array, wy: jax.Array, wx: jax.Array) -> jax.Array:
+  """(B, h, w, K) -> (B, sh, sw, K) by the separable bilinear matrices. Pure, jit-friendly."""
+  hp = jax.lax.Precision.HIGHEST   # exact-f32 products: a pixel next to T_k must not flip
+  x = jnp.einsum('sh,bhwk->bswk', wy, acts, precision=hp)
+  return jnp.einsum('tw,bswk->bstk', wx, x, precision=hp)
