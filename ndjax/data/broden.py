@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import os
 import pathlib
 
@@ -46,6 +47,11 @@ class BrodenDataset:
   primary: np.ndarray              # int32 (n_labels,): category index of each label; -1 for 0/unused
   records: list[ImageRecord]
 
+  @functools.cached_property
+  def known(self) -> np.ndarray:
+    """bool (n_labels,): numbers listed in label.csv."""
+    return np.array([n != '-' for n in self.label_names])
+
   @property
   def num_labels(self) -> int:
     return len(self.label_names)
@@ -82,10 +88,13 @@ class BrodenDataset:
       raise BrodenFormatError(
           f'mask {path} is {rgb.shape[1]}x{rgb.shape[0]} but index.csv says {rec.sw}x{rec.sh}')
     labels = rgb[..., 0] + 256 * rgb[..., 1]
-    if labels.max(initial=0) >= self.num_labels:
-      bad = int(labels.max())
-      raise BrodenFormatError(f'mask {path} holds label {bad}, which is not in label.csv '
-                              f'(labels 1..{self.num_labels - 1})')
+    values = np.unique(labels)
+    unknown = values[(values >= self.num_labels) |
+                     ~self.known[np.minimum(values, self.num_labels - 1)]]
+    unknown = unknown[unknown > 0]
+    if len(unknown):
+      raise BrodenFormatError(f'mask {path} holds label {int(unknown[0])}, which is not in '
+                              'label.csv')
     return labels
 
   def load_labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
