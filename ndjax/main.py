@@ -70,11 +70,19 @@ def _validate_flags(model):
   return layers
 
 
-def _prepare_outdir(run_dir: str) -> None:
-  """Fail before any work if the output directory cannot be written."""
+def _check_writable(run_dir: str) -> None:
+  """Fail before any work if the run directory could not be created and written.
+
+  Nothing is created here: the layer folders appear only when their results are complete.
+  """
+  path = os.path.abspath(run_dir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise UserError(f'cannot write to output directory {run_dir}: {path} is not a directory; '
+                    'choose another --outdir')
   try:
-    os.makedirs(run_dir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=run_dir, prefix='.probe_'):
+    with tempfile.NamedTemporaryFile(dir=path, prefix='.ndjax_probe_'):
       pass
   except OSError as e:
     raise UserError(f'cannot write to output directory {run_dir}: {e.strerror or e}; '
@@ -101,7 +109,7 @@ def run() -> list[str]:
   wname = os.path.basename(os.path.normpath(weights)) if os.sep in weights else weights
   run_name = FLAGS.run_name or (f'{FLAGS.model}_{wname}' + (f'_s{FLAGS.seed}' if weights == 'random' else ''))
   run_dir = os.path.join(FLAGS.outdir, run_name)
-  _prepare_outdir(run_dir)
+  _check_writable(run_dir)
 
   # probe data: cheap structural checks happen here, before any forward pass
   try:
@@ -178,7 +186,9 @@ def _version() -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.getLogger('absl').setLevel(logging.WARNING)
+  # keep library INFO chatter (backend probing, checkpoint I/O) off the user's terminal
+  for name in ('absl', 'jax', 'orbax', 'orbax.checkpoint'):
+    logging.getLogger(name).setLevel(logging.WARNING)
   try:
     run()
   except UserError as e:
