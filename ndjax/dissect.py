@@ -35,6 +35,11 @@ class DissectConfig:
   skip_bad_images: bool = False
   progress: bool = True
   chunk: int = 4                                  # images per on-device counting step
+  max_buffer_gb: float = 8.0                      # cap on the exact-threshold top-m buffers
+
+
+class DissectError(ValueError):
+  """A dissection that cannot run as configured; the message is one line for the user."""
 
 
 @dataclasses.dataclass
@@ -71,6 +76,13 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
   max_n = {l: sum(int(np.sum(b.valid)) * shapes[b.size_key][l][0] * shapes[b.size_key][l][1]
                   for b in batches) for l in layers}
   units = {l: shapes[batches[0].size_key][l][2] for l in layers}
+  need = {l: thresholds.buffer_size(max_n[l], cfg.tau) * units[l] * 4 / 2**30 for l in layers}
+  if sum(need.values()) > cfg.max_buffer_gb:
+    worst = max(need, key=need.get)
+    raise DissectError(
+        f'exact thresholds need {sum(need.values()):.1f} GB of top-m buffers ({worst}: '
+        f'{max_n[worst]:,} values per unit x {units[worst]} units at tau={cfg.tau}), over the '
+        f'{cfg.max_buffer_gb:g} GB cap; dissect that layer on fewer images or alone')
   streams = {l: thresholds.StreamingThreshold(units[l], max_n[l], cfg.tau) for l in layers}
   mats = {}
   for key, per_layer in shapes.items():

@@ -138,6 +138,8 @@ def run() -> list[str]:
     out = dissect_lib.dissect(model, ds, cfg)
   except broden.BrodenFormatError as e:
     raise UserError(f'{e} (rerun with --skip_bad_images to skip such files)') from None
+  except dissect_lib.DissectError as e:
+    raise UserError(str(e)) from None
   wall = time.perf_counter() - t0
 
   meta = {
