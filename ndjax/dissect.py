@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ndjax import activations, iou, loader, thresholds, upsample
+from ndjax import topk as topk_lib
 from ndjax.cache import ActivationCache
 from ndjax.data.broden import BrodenDataset
 
@@ -36,6 +37,7 @@ class DissectConfig:
   progress: bool = True
   chunk: int = 4                                  # images per on-device counting step
   max_buffer_gb: float = 8.0                      # cap on the exact-threshold top-m buffers
+  topk: int = 10                                  # top images kept per unit for the report
 
 
 class DissectError(ValueError):
@@ -48,6 +50,7 @@ class LayerResult:
   description: str
   thresholds: np.ndarray      # (K,) float32
   counts: iou.Counts
+  top: topk_lib.TopImages | None = None
 
 
 @dataclasses.dataclass
@@ -84,6 +87,7 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
         f'{max_n[worst]:,} values per unit x {units[worst]} units at tau={cfg.tau}), over the '
         f'{cfg.max_buffer_gb:g} GB cap; dissect that layer on fewer images or alone')
   streams = {l: thresholds.StreamingThreshold(units[l], max_n[l], cfg.tau) for l in layers}
+  top = {l: topk_lib.TopImages(units[l], cfg.topk) for l in layers} if cfg.topk > 0 else {}
   mats = {}
   for key, per_layer in shapes.items():
     for l, (h, w, _) in per_layer.items():
@@ -101,8 +105,12 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
       acts = forward(loader.stack_images(batch))
       for l in layers:
         streams[l].update(acts[l], valid)
+        if top:
+          top[l].update(acts[l], batch.ids, valid)
         cache.put(batch.index, l, np.asarray(acts[l]))
     thr = {l: streams[l].result() for l in layers}
+    for l, t in top.items():
+      t.finish_ranking(tuple(max(shapes[key][l][d] for key in shapes) for d in (0, 1)))
     timings['forward_and_threshold'] = time.perf_counter() - t0
 
     # ---- pass 2: upsample + threshold + count ---------------------------------------------------
@@ -126,10 +134,12 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
                               labels.label_cat, valid, num_local=len(labels.label_cat),
                               num_cats=num_cats, chunk=cfg.chunk)
         counts[l].add(out, labels.global_ids)
+        if top:
+          top[l].gather(np.asarray(acts[l]), batch.ids)
     timings['count'] = time.perf_counter() - t0
   finally:
     cache.close()
 
   used = sum(int(np.sum(_valid_mask(b, bad))) for b in batches)
-  results = {l: LayerResult(l, model.describe(l), thr[l], counts[l]) for l in layers}
+  results = {l: LayerResult(l, model.describe(l), thr[l], counts[l], top.get(l)) for l in layers}
   return DissectOutput(results, dict(bad.items), used, timings)

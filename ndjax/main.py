@@ -44,6 +44,8 @@ flags.DEFINE_string('cache_dir', tempfile.gettempdir(), "Where activations over 
                     "(a private temp folder, removed at the end); '' recomputes them instead.")
 flags.DEFINE_bool('skip_bad_images', False, 'Log, skip and count undecodable images/masks instead '
                   'of stopping at the first one.')
+flags.DEFINE_integer('topk', 10, 'Top images per unit (by maximum activation) kept for the report; '
+                     '0 keeps none.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 
 
@@ -132,7 +134,7 @@ def run() -> list[str]:
   cfg = dissect_lib.DissectConfig(
       layers=layers, tau=FLAGS.tau, upsample=FLAGS.upsample, batch_size=FLAGS.batch_size,
       cache_gb=FLAGS.cache_gb, cache_dir=FLAGS.cache_dir or None,
-      skip_bad_images=FLAGS.skip_bad_images, progress=FLAGS.progress)
+      skip_bad_images=FLAGS.skip_bad_images, progress=FLAGS.progress, topk=FLAGS.topk)
   t0 = time.perf_counter()
   try:
     out = dissect_lib.dissect(model, ds, cfg)
@@ -145,7 +147,7 @@ def run() -> list[str]:
   meta = {
       'flags': {f: getattr(FLAGS, f) for f in (
           'model', 'weights', 'seed', 'dataset', 'layers', 'tau', 'iou_threshold', 'upsample',
-          'denominator', 'batch_size', 'outdir', 'run_name', 'cache_gb', 'skip_bad_images')},
+          'denominator', 'batch_size', 'outdir', 'run_name', 'cache_gb', 'skip_bad_images', 'topk')},
       'resolved': {'weights': weights, 'dataset': os.path.abspath(dataset_path), 'layers': layers,
                    'run_dir': os.path.abspath(run_dir)},
       'weights_manifest': manifest,
@@ -165,7 +167,10 @@ def run() -> list[str]:
     layer_dir = os.path.join(run_dir, l)
     os.makedirs(layer_dir, exist_ok=True)
     layer_meta = {'layer': l, 'activation': res.description, 'denominator': FLAGS.denominator,
-                  'iou_threshold': FLAGS.iou_threshold}
+                  'iou_threshold': FLAGS.iou_threshold,
+                  'upsample': {'mode': FLAGS.upsample, 'rf_geometry': list(model.rf_geometry(l))}}
+    if res.top is not None:
+      res.top.save(os.path.join(layer_dir, 'topk.npz'))
     tally.atomic_write(os.path.join(layer_dir, 'tally.csv'), tally.tally_csv(labels, res.counts, ds))
     tally.atomic_write(os.path.join(layer_dir, 'results.json'),
                        tally.results_json(meta, layer_meta, labels, res.thresholds, ds,
@@ -189,7 +194,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   # keep library INFO chatter (backend probing, checkpoint I/O) off the user's terminal
-  for name in ('absl', 'jax', 'orbax', 'orbax.checkpoint'):
+  logging.getLogger().setLevel(logging.WARNING)
+  for name in ('absl', 'jax', 'orbax'):
     logging.getLogger(name).setLevel(logging.WARNING)
   try:
     run()

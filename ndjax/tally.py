@@ -107,8 +107,24 @@ def tally_csv(labels: UnitLabels, counts: iou_lib.Counts, ds: BrodenDataset) -> 
   return buf.getvalue()
 
 
+def top_concepts(labels: UnitLabels, ds: BrodenDataset, n: int = 5) -> list[dict]:
+  """Per unit, per category: its n best labels (judged in their primary category) with IoU."""
+  k = labels.iou.shape[0]
+  out = [{} for _ in range(k)]
+  for c, cat in enumerate(ds.categories):
+    members = np.flatnonzero(ds.primary == c)
+    if not len(members):
+      continue
+    scores = labels.iou[:, members]
+    order = np.argsort(-scores, axis=1, kind='stable')[:, :n]
+    for u in range(k):
+      out[u][cat] = [[ds.label_names[members[j]], float(scores[u, j])] for j in order[u]]
+  return out
+
+
 def unit_records(labels: UnitLabels, thresholds: np.ndarray, ds: BrodenDataset) -> list[dict]:
   units = []
+  tops = top_concepts(labels, ds)
   for u in range(len(labels.best_iou)):
     units.append({
         'unit': u + 1,
@@ -120,6 +136,7 @@ def unit_records(labels: UnitLabels, thresholds: np.ndarray, ds: BrodenDataset) 
         'per_category': {cat: {'label': ds.label_names[labels.best_per_cat[u, c]],
                                'iou': float(labels.best_iou_per_cat[u, c])}
                          for c, cat in enumerate(ds.categories)},
+        'top_concepts': tops[u],
     })
   return units
 

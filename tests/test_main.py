@@ -68,6 +68,13 @@ def test_end_to_end_outputs(dataset, tmp_path):
   assert doc['layer'] == 'conv5_3' and doc['activation'].startswith('features.29: ReLU')
   assert doc['seed'] == 3 and doc['flags']['tau'] == 0.01 and 'jax' in doc['versions']
   assert len(doc['units']) == 512 and set(doc['units'][0]['per_category']) == set(CATS)
+  for unit in doc['units']:
+    for cat, best in unit['per_category'].items():
+      ranked = unit['top_concepts'][cat]
+      assert ranked[0] == [best['label'], best['iou']]
+      assert [x[1] for x in ranked] == sorted((x[1] for x in ranked), reverse=True)
+  top = np.load(run / 'conv5_3' / 'topk.npz')
+  assert top['images'].shape == (512, 10) and top['maps'].shape == (512, 10, 2, 2)
   assert doc['detectors'] == sum(float(r['score']) > 0.04 for r in csv.DictReader(open(run / 'conv5_3' / 'tally.csv')))
   assert results['conv4_3']['units'][0]['threshold'] != doc['units'][0]['threshold']
   assert not [p for p in os.listdir(run / 'conv5_3') if p.startswith('.tmp')]

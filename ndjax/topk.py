@@ -1,0 +1,81 @@
+"""Each unit's top-k probe images (by per-image maximum activation), from the dissection's own pass.
+
+Pass 1 keeps a running top-k of per-image maxima per unit on the device (values and dataset image
+indices, merged batch by batch like the threshold buffers). Pass 2, which sees every batch's
+activations again from the cache, copies out the maps of the images that made the final top-k, so
+the report can draw each unit's thresholded, upsampled mask on its top images without another
+forward pass. Saved per layer as `topk.npz`.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ndjax import upsample
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _merge(values, images, acts, ids, valid):
+  """values/images (K, k); acts (B, h, w, K); ids (B,) dataset indices; valid (B,) bool."""
+  k = values.shape[1]
+  peak = jnp.where(valid[:, None], acts.max(axis=(1, 2)), -jnp.inf)          # (B, K)
+  cand_v = jnp.concatenate([values, peak.T], axis=1)
+  cand_i = jnp.concatenate([images, jnp.broadcast_to(ids[None], (values.shape[0], len(ids)))], axis=1)
+  top, pos = jax.lax.top_k(cand_v, k)          # ties: the earlier candidate (earlier image) wins
+  return top, jnp.take_along_axis(cand_i, pos, axis=1)
+
+
+class TopImages:
+  """Running top-k images per unit; then their activation maps, gathered in the second pass."""
+
+  def __init__(self, units: int, k: int):
+    self.k = k
+    self.values = jnp.full((units, k), -jnp.inf, jnp.float32)
+    self.images = jnp.full((units, k), -1, jnp.int32)
+    self.maps = None
+
+  def update(self, acts: jax.Array, ids: np.ndarray, valid: np.ndarray) -> None:
+    self.values, self.images = _merge(self.values, self.images, acts,
+                                      jnp.asarray(ids, jnp.int32), jnp.asarray(valid))
+
+  def finish_ranking(self, max_hw: tuple[int, int]) -> None:
+    """Freeze the ranking; allocate NaN-padded map storage for the gather in pass 2."""
+    self.values, self.images = np.array(self.values), np.array(self.images)
+    self.images[~np.isfinite(self.values)] = -1       # fewer than k valid images
+    self.maps = np.full(self.images.shape + tuple(max_hw), np.nan, np.float32)
+    self.map_hw = np.zeros(self.images.shape + (2,), np.int32)
+
+  def gather(self, acts: np.ndarray, ids: np.ndarray) -> None:
+    """Copy out the maps of this batch's images that are in some unit's top-k."""
+    slot_of = {int(i): s for s, i in enumerate(ids) if i >= 0}
+    units, ranks = np.nonzero(np.isin(self.images, list(slot_of)))
+    if not len(units):
+      return
+    slots = np.array([slot_of[int(i)] for i in self.images[units, ranks]])
+    h, w = acts.shape[1:3]
+    self.maps[units, ranks, :h, :w] = acts[slots, :, :, units]      # (n, h, w)
+    self.map_hw[units, ranks] = (h, w)
+
+  def save(self, path: str) -> None:
+    """Atomic write of images, values, maps, map_hw."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=self.images, values=self.values, maps=self.maps,
+                        map_hw=self.map_hw)
+    fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=os.path.dirname(path) or '.')
+    with os.fdopen(fd, 'wb') as f:
+      f.write(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def unit_mask(act_map: np.ndarray, threshold: float, image_hw, mask_hw, mode: str,
+              rf: tuple[float, float] | None) -> np.ndarray:
+  """The unit's mask on one image, exactly as the dissection counted it: upsample, then > T."""
+  wy, wx = upsample.matrices(mode, act_map.shape, image_hw, mask_hw, rf)
+  up = upsample.upsample(jnp.asarray(act_map)[None, :, :, None], jnp.asarray(wy), jnp.asarray(wx))
+  return np.asarray(up[0, :, :, 0] > threshold)
