@@ -74,7 +74,7 @@ def test_end_to_end_outputs(dataset, tmp_path):
       assert ranked[0] == [best['label'], best['iou']]
       assert [x[1] for x in ranked] == sorted((x[1] for x in ranked), reverse=True)
   top = np.load(run / 'conv5_3' / 'topk.npz')
-  assert top['images'].shape == (512, 10) and top['maps'].shape == (512, 10, 2, 2)
+  assert top['images'].shape == (512, 10) and top['maps'].shape == (512, 10, 4, 4)
   assert doc['detectors'] == sum(float(r['score']) > 0.04 for r in csv.DictReader(open(run / 'conv5_3' / 'tally.csv')))
   assert results['conv4_3']['units'][0]['threshold'] != doc['units'][0]['threshold']
   assert not [p for p in os.listdir(run / 'conv5_3') if p.startswith('.tmp')]
