@@ -39,12 +39,14 @@ def count_batch(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid
   sh, sw = wy.shape[0], wx.shape[0]
   x_pixels = sh * sw
   cat_onehot = jax.nn.one_hot(label_cat, num_cats, dtype=jnp.float32)          # (Cp, C)
+  hp = jax.lax.Precision.HIGHEST
 
   def per_chunk(carry, xs):
     acts_c, layers_c, img_c, valid_c = xs
-    up = upsample_lib.upsample(acts_c, wy, wx)                                    # (c, sh, sw, K)
-    mask = (up > thresholds) & valid_c[:, None, None, None]
-    mask = mask.reshape(chunk, x_pixels, k)
+    # unit-major masks (c, K, X): every product below is a plain or batched matmul
+    up = upsample_lib.upsample_units(acts_c, wy, wx)                              # (c, K, sh, sw)
+    mask = (up > thresholds[None, :, None, None]) & valid_c[:, None, None, None]
+    mask = mask.reshape(chunk, k, x_pixels)
     mask_bf = mask.astype(jnp.bfloat16)
     # label one-hots counted per layer (a pixel labelled c in two layers counts twice)
     pix_onehot = jax.nn.one_hot(layers_c.reshape(chunk, -1, x_pixels), num_local,
@@ -52,24 +54,23 @@ def count_batch(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid
     pix_onehot = pix_onehot * valid_c[:, None, None].astype(jnp.bfloat16)
     img_onehot = jax.nn.one_hot(img_c, num_local, dtype=jnp.float32).sum(axis=1)  # (c, Cp)
     img_onehot = img_onehot * valid_c[:, None]
-    act_per_image = mask.sum(axis=1, dtype=jnp.int32)                             # (c, K)
+    act_per_image = mask.sum(axis=2, dtype=jnp.int32)                             # (c, K)
     act_f = act_per_image.astype(jnp.float32)
 
-    inter = jnp.einsum('cxk,cxl->kl', mask_bf, pix_onehot, preferred_element_type=jnp.float32)
-    inter += jnp.einsum('ck,cl->kl', act_f, img_onehot, precision=jax.lax.Precision.HIGHEST)
+    inter = jnp.einsum('ckx,cxl->ckl', mask_bf, pix_onehot,
+                       preferred_element_type=jnp.float32).sum(axis=0)
+    inter += jnp.einsum('ck,cl->kl', act_f, img_onehot, precision=hp)
     label_pixels = pix_onehot.astype(jnp.float32).sum(axis=(0, 1)) + img_onehot.sum(0) * x_pixels
 
     # categories present per pixel / per image, by primary category of the labels there
     pix_cat = jnp.einsum('cxl,lC->cxC', pix_onehot.astype(jnp.float32), cat_onehot) > 0
     img_cat = (img_onehot @ cat_onehot) > 0                                      # (c, C)
     relevant = pix_cat.any(axis=1) | img_cat                                     # (c, C)
-    touches = jnp.einsum('cxk,cxC->ckC', mask_bf, pix_cat.astype(jnp.bfloat16),
+    touches = jnp.einsum('ckx,cxC->ckC', mask_bf, pix_cat.astype(jnp.bfloat16),
                          preferred_element_type=jnp.float32) > 0                 # (c, K, C)
     touches = touches | img_cat[:, None, :]
-    act_paper = jnp.einsum('ck,cC->kC', act_f, relevant.astype(jnp.float32),
-                           precision=jax.lax.Precision.HIGHEST)
-    act_lite = jnp.einsum('ck,ckC->kC', act_f, touches.astype(jnp.float32),
-                          precision=jax.lax.Precision.HIGHEST)
+    act_paper = jnp.einsum('ck,cC->kC', act_f, relevant.astype(jnp.float32), precision=hp)
+    act_lite = jnp.einsum('ck,ckC->kC', act_f, touches.astype(jnp.float32), precision=hp)
     out = dict(inter=inter.astype(jnp.int32), label_pixels=label_pixels.astype(jnp.int32),
                act_paper=act_paper.astype(jnp.int32), act_lite=act_lite.astype(jnp.int32),
                act_pixels=act_per_image.sum(0))

@@ -76,8 +76,18 @@ def matrices(mode: str, map_hw: tuple[int, int], image_hw: tuple[int, int],
   return wy, wx
 
 
-def upsample(acts: jax.Array, wy: jax.Array, wx: jax.Array) -> jax.Array:
-  """(B, h, w, K) -> (B, sh, sw, K) by the separable bilinear matrices. Pure, jit-friendly."""
+def upsample_units(acts: jax.Array, wy: jax.Array, wx: jax.Array) -> jax.Array:
+  """(B, h, w, K) -> unit-major (B, K, sh, sw) by the separable bilinear matrices. Pure, jit-able.
+
+  Unit-major order keeps both products plain matmuls over contiguous axes (no large transposes
+  on XLA:CPU) and hands `iou.count_batch` its (K, pixels) masks directly.
+  """
   hp = jax.lax.Precision.HIGHEST   # exact-f32 products: a pixel next to T_k must not flip
-  x = jnp.einsum('sh,bhwk->bswk', wy, acts, precision=hp)
-  return jnp.einsum('tw,bswk->bstk', wx, x, precision=hp)
+  x = jnp.einsum('bhwk,sh->bkws', acts, wy, precision=hp)        # small: (B, K, w, sh)
+  x = jnp.swapaxes(x, 2, 3)                                        # (B, K, sh, w)
+  return jnp.einsum('bksw,tw->bkst', x, wx, precision=hp)
+
+
+def upsample(acts: jax.Array, wy: jax.Array, wx: jax.Array) -> jax.Array:
+  """(B, h, w, K) -> (B, sh, sw, K)."""
+  return jnp.moveaxis(upsample_units(acts, wy, wx), 1, 3)

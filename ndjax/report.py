@@ -1,0 +1,436 @@
+r"""The dissection report: one self-contained HTML page per layer, drawn from the layer's outputs.
+
+  python -m ndjax.report <outdir>/<run>/<layer> [more layer folders] [--k=10]
+
+`write_report(layer_dir)` reads what the dissection wrote into the layer folder (results.json,
+topk.npz) and the probe images, and never recomputes the dissection. It writes
+`<layer_dir>/report.html`, which opens from disk with no network: every image is inlined as
+base64, CSS and JS are inline. The page holds
+- the summary line (the same text the CLI prints, from `tally.summary_line`);
+- a bar graph of detector units per concept, grouped by category (the paper's Fig. 9 style);
+- a grid of every unit, sortable by unit, label, category and IoU and filterable by category, each
+  with a strip of its top-k probe images and the unit's mask on each (exactly the pixels the
+  dissection counted: `topk.unit_mask`'s upsample-then-threshold, batched);
+- a page per unit (an inline section, opened as `report.html#unit-N`) with its top-5 concepts and
+  their IoUs per category.
+Each probe image appears once in the file (a CSS class per image), however many units share it.
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import html
+import io
+import itertools
+import json
+import pathlib
+import sys
+import types
+
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from ndjax import tally, upsample
+from ndjax.data import broden
+
+REPORT_NAME = 'report.html'
+THUMB_PX = 96          # longest side of an inlined probe-image thumbnail
+STRIP_PX = 72          # displayed height of one image in a unit's strip
+VEIL_ALPHA = 160       # opacity of the dark veil outside the unit's mask (0-255)
+MASK_CHUNK = 1024      # maps upsampled per device call: bounds the (n, sh, sw) float buffer
+# the summary line's category order (tally.summary_line); other categories follow in csv order
+SUMMARY_ORDER = ('object', 'part', 'scene', 'material', 'texture', 'color')
+CATEGORY_COLORS = {'object': '#4e79a7', 'part': '#f28e2b', 'scene': '#59a14f',
+                   'material': '#b07aa1', 'texture': '#c9a227', 'color': '#e15759'}
+OTHER_COLOR = '#7f7f7f'
+
+
+def category_order(categories) -> list[str]:
+  order = [c for c in SUMMARY_ORDER if c in categories]
+  return order + [c for c in categories if c not in order]
+
+
+def category_color(category: str) -> str:
+  return CATEGORY_COLORS.get(category, OTHER_COLOR)
+
+
+def load_results(layer_dir: str | pathlib.Path) -> dict:
+  path = pathlib.Path(layer_dir) / 'results.json'
+  if not path.is_file():
+    raise FileNotFoundError(f'{path} is missing: {layer_dir} is not a dissected layer folder')
+  return json.loads(path.read_text())
+
+
+def summary(results: dict) -> str:
+  """The CLI's summary line for this layer, rebuilt from results.json by `tally.summary_line`."""
+  categories = list(results['unique_detectors'])    # category.csv order, as the dissection wrote it
+  units = results['units']
+  label_ids = {name: i for i, name in enumerate(sorted({u['label'] for u in units}))}
+  labels = types.SimpleNamespace(
+      best_iou=np.array([u['iou'] for u in units], np.float64),
+      best_label=np.array([label_ids[u['label']] for u in units], np.int64),
+      best_cat=np.array([categories.index(u['category']) for u in units], np.int64))
+  ds = types.SimpleNamespace(categories=categories)
+  return tally.summary_line(results['layer'], labels, ds, results['iou_threshold'])
+
+
+def concept_counts(results: dict) -> dict[str, list[tuple[str, int]]]:
+  """Detector units per concept, per category (summary order): [(label, units)], most units first."""
+  per_cat = collections.defaultdict(collections.Counter)
+  for u in results['units']:
+    if u['iou'] > results['iou_threshold']:
+      per_cat[u['category']][u['label']] += 1
+  return {cat: sorted(per_cat[cat].items(), key=lambda item: (-item[1], item[0]))
+          for cat in category_order(results['unique_detectors']) if per_cat[cat]}
+
+
+def _tick_step(top: int) -> int:
+  """The smallest step of the 1-2-5 series giving at most 5 ticks up to `top`."""
+  for magnitude in itertools.count():
+    for factor in (1, 2, 5):
+      if top / (factor * 10**magnitude) <= 5:
+        return factor * 10**magnitude
+
+
+def bar_graph_svg(counts: dict[str, list[tuple[str, int]]]) -> str:
+  """Inline SVG: one bar per concept (height = detector units), grouped and coloured by category."""
+  if not counts:
+    return '<p class="note">No unit is a detector at this IoU threshold.</p>'
+  bar_w, bar_gap, group_gap = 14, 4, 22
+  left, top, plot_h, label_h, legend_h = 40, 16, 150, 110, 22
+  top_count = max(n for items in counts.values() for _, n in items)
+  step = _tick_step(top_count)
+  y_max = -(-top_count // step) * step
+  scale = plot_h / y_max
+  base = top + plot_h
+  parts, x = [], left + 8
+  for cat, items in counts.items():
+    color = category_color(cat)
+    group_x = x
+    for label, n in items:
+      shown = html.escape(broden.display_name(label))
+      bar_h = n * scale
+      parts.append(
+          f'<rect class="bar" x="{x}" y="{base - bar_h:.2f}" width="{bar_w}" height="{bar_h:.2f}" '
+          f'fill="{color}" data-category="{html.escape(cat)}" data-label="{html.escape(label)}" '
+          f'data-count="{n}"><title>{shown} ({html.escape(cat)}): {n} units</title></rect>'
+          f'<text class="count" x="{x + bar_w / 2}" y="{base - bar_h - 3:.2f}">{n}</text>'
+          f'<text class="concept" transform="translate({x + bar_w / 2 + 4},{base + 6}) rotate(-60)">'
+          f'{shown}</text>')
+      x += bar_w + bar_gap
+    parts.append(f'<text class="group" x="{(group_x + x - bar_gap) / 2:.1f}" '
+                 f'y="{base + label_h + 14}" fill="{color}">{html.escape(cat)} '
+                 f'({len(items)})</text>')
+    x += group_gap
+  width = x
+  axis = [f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{base}"/>',
+          f'<line class="axis" x1="{left}" y1="{base}" x2="{width}" y2="{base}"/>',
+          f'<text class="ylabel" transform="translate(11,{top + plot_h / 2}) rotate(-90)">'
+          'detector units</text>']
+  for tick in range(0, y_max + 1, step):
+    y = base - tick * scale
+    axis.append(f'<line class="grid" x1="{left}" y1="{y:.2f}" x2="{width}" y2="{y:.2f}"/>'
+                f'<text class="tick" x="{left - 4}" y="{y + 3:.2f}">{tick}</text>')
+  height = base + label_h + legend_h
+  return (f'<svg id="bargraph" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+          f'role="img" aria-label="detector units per concept">{"".join(axis + parts)}</svg>')
+
+
+def unit_masks(results: dict, top: dict, ds: broden.BrodenDataset, k: int) -> dict:
+  """{(unit index, rank): bool (sh, sw) mask} for the top-k images of every unit.
+
+  The same operation as `topk.unit_mask` (the dissection's upsampling matrices, then > T_k), run
+  for all maps of one (map size, image size, mask size) at once instead of one call per map.
+  """
+  mode = results['upsample']['mode']
+  rf = tuple(results['upsample']['rf_geometry']) if mode == 'rf' else None
+  thresholds = np.array([u['threshold'] for u in results['units']], np.float32)
+  groups = collections.defaultdict(list)
+  images, map_hw = top['images'], top['map_hw']
+  for u, r in zip(*np.nonzero(images[:, :k] >= 0)):
+    h, w = (int(v) for v in map_hw[u, r])
+    if h and w:
+      rec = ds.records[int(images[u, r])]
+      groups[h, w, rec.ih, rec.iw, rec.sh, rec.sw].append((int(u), int(r)))
+  masks = {}
+  for (h, w, ih, iw, sh, sw), members in groups.items():
+    wy, wx = (jnp.asarray(m) for m in upsample.matrices(mode, (h, w), (ih, iw), (sh, sw), rf))
+    for start in range(0, len(members), MASK_CHUNK):
+      chunk = members[start:start + MASK_CHUNK]
+      units, ranks = (np.array(v) for v in zip(*chunk))
+      maps = top['maps'][units, ranks, :h, :w]
+      up = np.asarray(upsample.upsample(jnp.asarray(maps)[..., None], wy, wx))[..., 0]
+      for key, mask in zip(chunk, up > thresholds[units][:, None, None]):
+        masks[key] = mask
+  return masks
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+  """A 2-colour PNG at mask resolution: transparent where the unit fires, a dark veil elsewhere."""
+  img = Image.fromarray(np.where(mask, 0, 1).astype(np.uint8), 'P')
+  img.putpalette([0, 0, 0, 0, 0, 0])
+  buf = io.BytesIO()
+  img.save(buf, 'PNG', transparency=bytes([0, VEIL_ALPHA]), bits=1, optimize=False)
+  return buf.getvalue()
+
+
+def thumbnail_jpeg(image: np.ndarray) -> bytes:
+  img = Image.fromarray(image)
+  img.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.BILINEAR)
+  buf = io.BytesIO()
+  img.save(buf, 'JPEG', quality=82)
+  return buf.getvalue()
+
+
+def _data_uri(kind: str, payload: bytes) -> str:
+  return f'data:{kind};base64,{base64.b64encode(payload).decode("ascii")}'
+
+
+def _load_topk(layer_dir: pathlib.Path) -> dict | None:
+  path = layer_dir / 'topk.npz'
+  if not path.is_file():
+    return None
+  with np.load(path) as z:
+    return {name: z[name] for name in ('images', 'values', 'maps', 'map_hw')}
+
+
+def _open_probe(results: dict):
+  """-> (dataset or None, note for the page when images cannot be shown)."""
+  path = results.get('resolved', {}).get('dataset')
+  try:
+    return broden.open_broden(path, check_files=False), ''
+  except (broden.BrodenFormatError, TypeError) as e:
+    return None, f'Probe images unavailable ({e}): strips are not drawn.'
+
+
+def _strips(results: dict, top: dict, ds: broden.BrodenDataset, k: int):
+  """-> ({unit index: strip HTML}, CSS rules inlining each probe image used once)."""
+  masks = unit_masks(results, top, ds, k)
+  used = sorted({int(top['images'][u, r]) for u, r in masks})
+  css, ratio = [], {}
+  for i in used:
+    rec = ds.records[i]
+    ratio[i] = rec.iw / rec.ih
+    uri = _data_uri('image/jpeg', thumbnail_jpeg(ds.load_image(i)))
+    css.append(f'.i{i}{{background-image:url({uri});width:{round(STRIP_PX * ratio[i])}px}}')
+  strips = collections.defaultdict(list)
+  for (u, r), mask in sorted(masks.items()):
+    i = int(top['images'][u, r])
+    title = html.escape(f'#{r + 1}: image {i} ({ds.records[i].image}), max activation '
+                        f'{float(top["values"][u, r]):.4g}')
+    strips[u].append(f'<span class="t i{i}" title="{title}"><img class="mask" alt="" '
+                     f'data-image="{i}" data-rank="{r}" '
+                     f'src="{_data_uri("image/png", mask_png(mask))}"></span>')
+  return {u: ''.join(items) for u, items in strips.items()}, css
+
+
+def _unit_page(unit: dict, categories: list[str], threshold: float) -> str:
+  n = unit['unit']
+  rows = []
+  for cat in categories:
+    cells = []
+    for label, iou in unit['top_concepts'].get(cat, []):
+      strong = ' class="det"' if iou > threshold else ''
+      cells.append(f'<td{strong}>{html.escape(broden.display_name(label))} '
+                   f'<span class="iou">{iou:.3f}</span></td>')
+    cells += ['<td></td>'] * (5 - len(cells))
+    rows.append(f'<tr><th style="color:{category_color(cat)}">{html.escape(cat)}</th>'
+                f'{"".join(cells)}</tr>')
+  return (f'<section class="unit-page" id="unit-{n}" aria-label="unit {n}">'
+          f'<a class="close" href="#" title="back to the grid">&times;</a>'
+          f'<h2>Unit {n}: {html.escape(unit["display_label"])} '
+          f'<span class="cat" style="background:{category_color(unit["category"])}">'
+          f'{html.escape(unit["category"])}</span> IoU {unit["iou"]:.4f}</h2>'
+          f'<p>Threshold T<sub>{n}</sub> = {unit["threshold"]:.6g}. Top-5 concepts per category '
+          f'(IoU; bold: above the detector threshold {threshold:g}):</p>'
+          f'<table class="concepts"><thead><tr><th>category</th><th>1st</th><th>2nd</th>'
+          f'<th>3rd</th><th>4th</th><th>5th</th></tr></thead><tbody>{"".join(rows)}</tbody>'
+          f'</table><div class="big-strip"></div></section>')
+
+
+STYLE = """
+body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:16px 24px;color:#222}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:17px;margin:0 0 8px}
+.summary{font-weight:600;font-size:15px;margin:6px 0} .meta,.note{color:#555;font-size:12px}
+.figure{overflow-x:auto;border:1px solid #ddd;padding:6px;margin:10px 0}
+#bargraph text{font-size:10px;fill:#333} #bargraph .count{text-anchor:middle;font-size:9px}
+#bargraph .concept{text-anchor:end} #bargraph .tick{text-anchor:end}
+#bargraph .group{text-anchor:middle;font-size:12px;font-weight:600} #bargraph .ylabel{text-anchor:middle}
+#bargraph .axis{stroke:#333} #bargraph .grid{stroke:#e4e4e4}
+.controls{margin:10px 0;display:flex;gap:16px;align-items:center}
+table#units{border-collapse:collapse} #units th,#units td{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}
+#units thead th{position:sticky;top:0;background:#f5f5f5;z-index:1}
+#units th[data-key]{cursor:pointer;user-select:none;white-space:nowrap}
+#units th[aria-sort=ascending]::after{content:' \\25B2'} #units th[aria-sort=descending]::after{content:' \\25BC'}
+#units td.num{text-align:right;font-variant-numeric:tabular-nums}
+.cat{color:#fff;border-radius:3px;padding:0 5px;font-size:12px}
+.strip{white-space:nowrap}
+.t{display:inline-block;height:%(strip)dpx;margin-right:2px;background-size:100%% 100%%;vertical-align:middle}
+.t img.mask{width:100%%;height:100%%;display:block}
+.unit-page{display:none}
+.unit-page:target{display:block;position:fixed;inset:4%% 6%%;overflow:auto;background:#fff;z-index:5;
+  padding:16px 20px;border:1px solid #999;box-shadow:0 4px 30px rgba(0,0,0,.35)}
+.unit-page .close{float:right;font-size:26px;text-decoration:none;color:#333}
+table.concepts{border-collapse:collapse;margin:6px 0 12px} .concepts th,.concepts td{border:1px solid #ddd;padding:3px 8px;text-align:left}
+.concepts td.det{font-weight:700} .iou{color:#666;font-variant-numeric:tabular-nums}
+.big-strip .t{height:%(big)dpx;margin:0 4px 4px 0}
+"""
+
+SCRIPT = """
+(function(){
+  var tbody = document.querySelector('#units tbody');
+  var rows = Array.prototype.slice.call(tbody.rows);
+  var heads = document.querySelectorAll('#units th[data-key]');
+  var numeric = {unit: true, iou: true};
+  var firstDir = {unit: 1, label: 1, category: 1, iou: -1};  // a score reads best-first
+  function value(row, key){ return numeric[key] ? parseFloat(row.dataset[key]) : row.dataset[key]; }
+  function sortBy(key, dir){
+    rows.sort(function(a, b){
+      var x = value(a, key), y = value(b, key);
+      var c = numeric[key] ? x - y : x.localeCompare(y);
+      return c * dir || value(a, 'unit') - value(b, 'unit');  // ties: by unit
+    });
+    var frag = document.createDocumentFragment();
+    rows.forEach(function(r){ frag.appendChild(r); });
+    tbody.appendChild(frag);
+    heads.forEach(function(h){
+      if (h.dataset.key === key) h.setAttribute('aria-sort', dir > 0 ? 'ascending' : 'descending');
+      else h.removeAttribute('aria-sort');
+    });
+  }
+  heads.forEach(function(h){
+    h.addEventListener('click', function(){
+      var now = h.getAttribute('aria-sort');
+      var dir = now ? (now === 'ascending' ? -1 : 1) : firstDir[h.dataset.key];
+      sortBy(h.dataset.key, dir);
+    });
+  });
+  var category = document.getElementById('category');
+  var detectorsOnly = document.getElementById('detectors-only');
+  var shown = document.getElementById('shown');
+  function filter(){
+    var n = 0;
+    rows.forEach(function(r){
+      var hide = (category.value && r.dataset.category !== category.value) ||
+                 (detectorsOnly.checked && r.dataset.detector !== '1');
+      r.hidden = !!hide;
+      if (!hide) n++;
+    });
+    shown.textContent = n;
+  }
+  category.addEventListener('change', filter);
+  detectorsOnly.addEventListener('change', filter);
+  filter();
+  function openUnit(){
+    var m = /^#unit-(\\d+)$/.exec(location.hash);
+    if (!m) return;
+    var page = document.getElementById('unit-' + m[1]);
+    var strip = document.querySelector('#row-' + m[1] + ' .strip');
+    var big = page && page.querySelector('.big-strip');
+    if (big && strip && !big.childNodes.length) big.innerHTML = strip.innerHTML;
+  }
+  window.addEventListener('hashchange', openUnit);
+  document.addEventListener('keydown', function(e){
+    if (e.key === 'Escape' && /^#unit-/.test(location.hash)) location.hash = '';
+  });
+  openUnit();
+})();
+"""
+
+
+def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: int,
+           note: str = '') -> str:
+  """The report page as one string (ASCII: non-ASCII text goes in as character references)."""
+  threshold = results['iou_threshold']
+  units = results['units']
+  categories = category_order(results['unique_detectors'])
+  strips, image_css = ({}, [])
+  if top is not None and ds is not None and k > 0:
+    strips, image_css = _strips(results, top, ds, k)
+  elif top is None:
+    note = note or 'No topk.npz in this folder (dissected with --topk=0): strips are not drawn.'
+  resolved = results.get('resolved', {})
+  run = pathlib.Path(resolved.get('run_dir', '') or '.').name
+  flags_used = results.get('flags', {})
+  meta = (f'{results.get("activation", "")}; weights {resolved.get("weights")}; probe '
+          f'{resolved.get("dataset")} ({results.get("images_used")}/{results.get("images")} images '
+          f'used); tau {flags_used.get("tau")}; upsample {results["upsample"]["mode"]}; '
+          f'denominator {results.get("denominator")}; detector: IoU > {threshold:g}; '
+          f'top {k} images per unit')
+  rows = []
+  for u in units:
+    n, cat = u['unit'], u['category']
+    rows.append(
+        f'<tr id="row-{n}" data-unit="{n}" data-label="{html.escape(u["display_label"])}" '
+        f'data-category="{html.escape(cat)}" data-iou="{u["iou"]!r}" '
+        f'data-detector="{int(u["iou"] > threshold)}">'
+        f'<td class="num"><a href="#unit-{n}">{n}</a></td>'
+        f'<td>{html.escape(u["display_label"])}</td>'
+        f'<td><span class="cat" style="background:{category_color(cat)}">{html.escape(cat)}</span></td>'
+        f'<td class="num">{u["iou"]:.4f}</td><td class="strip">{strips.get(n - 1, "")}</td></tr>')
+  # the grid starts in tally.csv's order: best IoU first, ties by unit
+  order = sorted(range(len(units)), key=lambda i: (-units[i]['iou'], units[i]['unit']))
+  options = ''.join(f'<option value="{html.escape(c)}">{html.escape(c)}</option>' for c in categories)
+  title = f'{run} / {results["layer"]}'
+  page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Network Dissection: {html.escape(title)}</title>
+<style>{STYLE % {'strip': STRIP_PX, 'big': 2 * STRIP_PX}}</style>
+<style>{''.join(image_css)}</style>
+</head><body>
+<h1>Network Dissection: {html.escape(title)}</h1>
+<p class="summary" id="summary">{html.escape(summary(results))}</p>
+<p class="meta">{html.escape(meta)}</p>
+{f'<p class="note">{html.escape(note)}</p>' if note else ''}
+<h2>Detector units per concept</h2>
+<div class="figure">{bar_graph_svg(concept_counts(results))}</div>
+<h2>Units</h2>
+<div class="controls">
+<label>category <select id="category"><option value="">all</option>{options}</select></label>
+<label><input type="checkbox" id="detectors-only"> detectors only</label>
+<span>showing <span id="shown">{len(units)}</span> of {len(units)} units; click a header to sort,
+a unit number for its page</span></div>
+<table id="units"><thead><tr><th data-key="unit">unit</th><th data-key="label">label</th>
+<th data-key="category">category</th><th data-key="iou" aria-sort="descending">IoU</th>
+<th>top {k} images (mask: the unit's thresholded, upsampled activation)</th></tr></thead>
+<tbody>{''.join(rows[i] for i in order)}</tbody></table>
+{''.join(_unit_page(u, categories, threshold) for u in units)}
+<script>{SCRIPT}</script>
+</body></html>
+"""
+  return page.encode('ascii', 'xmlcharrefreplace').decode('ascii')
+
+
+def write_report(layer_dir, k: int = 10) -> pathlib.Path:
+  """Write `<layer_dir>/report.html` (atomically) from the layer's outputs; return its path."""
+  layer_dir = pathlib.Path(layer_dir)
+  results = load_results(layer_dir)
+  top = _load_topk(layer_dir)
+  ds, note = (None, '')
+  if top is not None and k > 0:
+    ds, note = _open_probe(results)
+  k = min(k, top['images'].shape[1]) if top is not None else k
+  path = layer_dir / REPORT_NAME
+  tally.atomic_write(str(path), render(results, top, ds, k, note))
+  return path
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError('give one or more layer folders (<outdir>/<run>/<layer>)')
+  for layer_dir in argv[1:]:
+    try:
+      print(write_report(layer_dir, flags.FLAGS.k))
+    except (FileNotFoundError, KeyError, json.JSONDecodeError) as e:
+      print(f'ndjax.report: error: {layer_dir}: {e}', file=sys.stderr)
+      sys.exit(2)
+
+
+if __name__ == '__main__':
+  # defined here, not at import: the dissection CLI imports this module and keeps its own flags
+  flags.DEFINE_integer('k', 10, 'Top images per unit to draw (at most the --topk the layer was '
+                       'dissected with).', lower_bound=0)
+  app.run(main)
