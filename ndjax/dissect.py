@@ -15,6 +15,7 @@ import tempfile
 import time
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
@@ -38,6 +39,7 @@ class DissectConfig:
   chunk: int = 4                                  # images per on-device counting step
   max_buffer_gb: float = 8.0                      # cap on the exact-threshold top-m buffers
   topk: int = 10                                  # top images kept per unit for the report
+  profile: bool = False                           # block after each stage to time it (slower)
 
 
 class DissectError(ValueError):
@@ -61,6 +63,34 @@ class DissectOutput:
   timings: dict[str, float]
 
 
+class StageTimer:
+  """Wall time per pipeline stage. JAX dispatch is asynchronous, so with `profile` each stage
+  blocks on its result before the clock stops; without it only the pass totals are meaningful."""
+
+  def __init__(self, profile: bool):
+    self.profile = profile
+    self.totals: dict[str, float] = {}
+
+  def stage(self, name: str, fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if self.profile:
+      jax.block_until_ready(out)
+      self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+    return out
+
+  def wait(self, name: str, iterator):
+    """Time spent waiting on the input pipeline (decode)."""
+    while True:
+      t0 = time.perf_counter()
+      try:
+        item = next(iterator)
+      except StopIteration:
+        return
+      self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+      yield item
+
+
 def _valid_mask(batch: loader.Batch, bad: loader.BadImages) -> np.ndarray:
   return np.array([i >= 0 and int(i) not in bad.items for i in batch.ids])
 
@@ -73,6 +103,7 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
   batches = loader.plan_batches(ds, cfg.batch_size)
   bad = loader.BadImages(cfg.skip_bad_images)
   timings = dict(forward_and_threshold=0.0, count=0.0)
+  clock = StageTimer(cfg.profile)
 
   # per size group: tap shapes -> values per unit (threshold buffers) and upsampling matrices
   shapes = {key: activations.tap_shapes(model, layers, key[:2]) for key in {b.size_key for b in batches}}
@@ -99,15 +130,16 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
   try:
     # ---- pass 1: forward + exact thresholds --------------------------------------------------
     t0 = time.perf_counter()
-    for batch in tqdm(loader.prefetch(batches, ds.load_image, bad), total=len(batches),
-                      desc='pass 1/2 forward + thresholds', unit='batch', disable=not cfg.progress):
+    for batch in tqdm(clock.wait('decode_images', loader.prefetch(batches, ds.load_image, bad)),
+                      total=len(batches), desc='pass 1/2 forward + thresholds', unit='batch',
+                      disable=not cfg.progress):
       valid = _valid_mask(batch, bad)
-      acts = forward(loader.stack_images(batch))
+      acts = clock.stage('forward', forward, loader.stack_images(batch))
       for l in layers:
-        streams[l].update(acts[l], valid)
+        clock.stage('threshold', streams[l].update, acts[l], valid)
         if top:
-          top[l].update(acts[l], batch.ids, valid)
-        cache.put(batch.index, l, np.asarray(acts[l]))
+          clock.stage('topk', top[l].update, acts[l], batch.ids, valid)
+        clock.stage('cache', cache.put, batch.index, l, np.asarray(acts[l]))
     thr = {l: streams[l].result() for l in layers}
     for l, t in top.items():
       t.finish_ranking(tuple(max(shapes[key][l][d] for key in shapes) for d in (0, 1)))
@@ -119,27 +151,30 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
     counts = {l: iou.Counts.zeros(units[l], ds.num_labels, num_cats) for l in layers}
     thr_dev = {l: jnp.asarray(thr[l]) for l in layers}
     max_layers, max_image = ds.max_layers(), ds.max_image_labels()
-    for batch in tqdm(loader.prefetch(batches, ds.load_labels, bad), total=len(batches),
-                      desc='pass 2/2 upsample + count', unit='batch', disable=not cfg.progress):
+    for batch in tqdm(clock.wait('decode_labels', loader.prefetch(batches, ds.load_labels, bad)),
+                      total=len(batches), desc='pass 2/2 upsample + count', unit='batch',
+                      disable=not cfg.progress):
       valid = _valid_mask(batch, bad)
-      labels = loader.stack_labels(batch, ds, max_layers, max_image)
+      labels = clock.stage('stack_labels', loader.stack_labels, batch, ds, max_layers, max_image)
       if cache.has_batch(batch.index, layers):
         acts = {l: cache.pop(batch.index, l) for l in layers}
       else:     # not cached (over budget, no spill dir): recompute this batch's forward pass
         images = [None if i < 0 or int(i) in bad.items else ds.load_image(int(i)) for i in batch.ids]
-        acts = forward(loader.stack_images(dataclasses.replace(batch, data=images)))
+        acts = clock.stage('forward_again', forward,
+                           loader.stack_images(dataclasses.replace(batch, data=images)))
       for l in layers:
         wy, wx = mats[batch.size_key, l]
-        out = iou.count_batch(acts[l], thr_dev[l], wy, wx, labels.layers, labels.image_labels,
-                              labels.label_cat, valid, num_local=len(labels.label_cat),
-                              num_cats=num_cats, chunk=cfg.chunk)
-        counts[l].add(out, labels.global_ids)
+        out = clock.stage('upsample_count', iou.count_batch, acts[l], thr_dev[l], wy, wx,
+                          labels.layers, labels.image_labels, labels.label_cat, valid,
+                          num_local=len(labels.label_cat), num_cats=num_cats, chunk=cfg.chunk)
+        clock.stage('accumulate', counts[l].add, out, labels.global_ids)
         if top:
-          top[l].gather(np.asarray(acts[l]), batch.ids)
+          clock.stage('topk_maps', top[l].gather, np.asarray(acts[l]), batch.ids)
     timings['count'] = time.perf_counter() - t0
   finally:
     cache.close()
 
+  timings.update(clock.totals)
   used = sum(int(np.sum(_valid_mask(b, bad))) for b in batches)
   results = {l: LayerResult(l, model.describe(l), thr[l], counts[l], top.get(l)) for l in layers}
   return DissectOutput(results, dict(bad.items), used, timings)
