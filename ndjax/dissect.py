@@ -11,6 +11,7 @@ used by the CLI, the experiments and the benchmarks alike.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from typing import Sequence
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from ndjax import activations, iou, loader, thresholds, upsample
+from ndjax import activations, distributed, iou, loader, thresholds, upsample
 from ndjax import topk as topk_lib
 from ndjax.cache import ActivationCache
 from ndjax.data.broden import BrodenDataset
@@ -40,6 +41,7 @@ class DissectConfig:
   max_buffer_gb: float = 8.0                      # cap on the exact-threshold top-m buffers
   topk: int = 10                                  # top images kept per unit for the report
   profile: bool = False                           # block after each stage to time it (slower)
+  devices: int = 0                                # local devices to shard batches over; 0 = all
 
 
 class DissectError(ValueError):
@@ -97,19 +99,25 @@ def _valid_mask(batch: loader.Batch, bad: loader.BadImages) -> np.ndarray:
 
 def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
   layers = tuple(cfg.layers)
-  if cfg.batch_size % cfg.chunk:
-    cfg = dataclasses.replace(cfg, chunk=1)
-  forward = activations.make_forward(model, layers)
-  batches = loader.plan_batches(ds, cfg.batch_size)
+  mesh = distributed.local_mesh(cfg.devices)
+  n_dev = 1 if mesh is None else mesh.size
+  # every device gets the same number of images, and counts them in whole chunks
+  per_device = -(-cfg.batch_size // n_dev)
+  cfg = dataclasses.replace(cfg, batch_size=per_device * n_dev, chunk=math.gcd(cfg.chunk, per_device))
+  forward = activations.make_forward(model, layers, mesh)
+  all_batches = loader.plan_batches(ds, cfg.batch_size)
+  # several processes: each takes every P-th batch; states are merged at the pass boundaries
+  batches = all_batches[jax.process_index()::jax.process_count()]
   bad = loader.BadImages(cfg.skip_bad_images)
   timings = dict(forward_and_threshold=0.0, count=0.0)
   clock = StageTimer(cfg.profile)
 
   # per size group: tap shapes -> values per unit (threshold buffers) and upsampling matrices
-  shapes = {key: activations.tap_shapes(model, layers, key[:2]) for key in {b.size_key for b in batches}}
+  shapes = {key: activations.tap_shapes(model, layers, key[:2])
+            for key in {b.size_key for b in all_batches}}
   max_n = {l: sum(int(np.sum(b.valid)) * shapes[b.size_key][l][0] * shapes[b.size_key][l][1]
-                  for b in batches) for l in layers}
-  units = {l: shapes[batches[0].size_key][l][2] for l in layers}
+                  for b in all_batches) for l in layers}
+  units = {l: shapes[all_batches[0].size_key][l][2] for l in layers}
   need = {l: thresholds.buffer_size(max_n[l], cfg.tau) * units[l] * 4 / 2**30 for l in layers}
   if sum(need.values()) > cfg.max_buffer_gb:
     worst = max(need, key=need.get)
@@ -140,6 +148,10 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
         if top:
           clock.stage('topk', top[l].update, acts[l], batch.ids, valid)
         clock.stage('cache', cache.put, batch.index, l, np.asarray(acts[l]))
+    bad_everywhere = distributed.allgather_bad_images(bad.items, len(ds.records))
+    bad.items.update({i: msg for i, msg in bad_everywhere.items() if i not in bad.items})
+    for l in layers:
+      streams[l].merge_processes()
     thr = {l: streams[l].result() for l in layers}
     for l, t in top.items():
       t.finish_ranking(tuple(max(shapes[key][l][d] for key in shapes) for d in (0, 1)))
@@ -166,15 +178,23 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
         wy, wx = mats[batch.size_key, l]
         out = clock.stage('upsample_count', iou.count_batch, acts[l], thr_dev[l], wy, wx,
                           labels.layers, labels.image_labels, labels.label_cat, valid,
-                          num_local=len(labels.label_cat), num_cats=num_cats, chunk=cfg.chunk)
+                          num_local=len(labels.label_cat), num_cats=num_cats, chunk=cfg.chunk,
+                          mesh=mesh)
         clock.stage('accumulate', counts[l].add, out, labels.global_ids)
         if top:
           clock.stage('topk_maps', top[l].gather, np.asarray(acts[l]), batch.ids)
+    for l in layers:
+      summed = distributed.allsum(counts[l].as_dict())
+      counts[l] = iou.Counts(**summed)
+      if top:
+        top[l].merge_processes()
+    bad_everywhere = distributed.allgather_bad_images(bad.items, len(ds.records))
+    bad.items.update({i: msg for i, msg in bad_everywhere.items() if i not in bad.items})
     timings['count'] = time.perf_counter() - t0
   finally:
     cache.close()
 
   timings.update(clock.totals)
-  used = sum(int(np.sum(_valid_mask(b, bad))) for b in batches)
+  used = sum(int(np.sum(_valid_mask(b, bad))) for b in all_batches)
   results = {l: LayerResult(l, model.describe(l), thr[l], counts[l], top.get(l)) for l in layers}
   return DissectOutput(results, dict(bad.items), used, timings)

@@ -23,8 +23,35 @@ import numpy as np
 from ndjax import upsample as upsample_lib
 
 
-@functools.partial(jax.jit, static_argnames=('num_local', 'num_cats', 'chunk'))
 def count_batch(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid, *,
+                num_local: int, num_cats: int, chunk: int = 4, mesh=None):
+  """Counts for one batch (see `_count`); with a mesh, data-parallel over its 'batch' axis.
+
+  Each device counts its slice of the batch and the integer counts are summed across devices
+  with a psum, on the devices (exact: integer sums).
+  """
+  if mesh is None:
+    return _count_jit(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid,
+                      num_local=num_local, num_cats=num_cats, chunk=chunk)
+  return _sharded_count(mesh, num_local, num_cats, chunk)(
+      acts, thresholds, wy, wx, layers, image_labels, label_cat, valid)
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded_count(mesh, num_local, num_cats, chunk):
+  from jax.sharding import PartitionSpec as P
+  batch, rep = P('batch'), P()
+
+  def local(*args):
+    counts = _count(*args, num_local=num_local, num_cats=num_cats, chunk=chunk)
+    return jax.tree.map(lambda x: jax.lax.psum(x, 'batch'), counts)
+
+  return jax.jit(jax.shard_map(local, mesh=mesh,
+                               in_specs=(batch, rep, rep, rep, batch, batch, rep, batch),
+                               out_specs=rep, check_vma=False))
+
+
+def _count(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid, *,
                 num_local: int, num_cats: int, chunk: int = 4):
   """Counts for one batch.
 
@@ -85,6 +112,9 @@ def count_batch(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid
   totals, _ = jax.lax.scan(per_chunk, zeros,
                            (split(acts), split(layers), split(image_labels), split(valid)))
   return totals
+
+
+_count_jit = jax.jit(_count, static_argnames=('num_local', 'num_cats', 'chunk'))
 
 
 @dataclasses.dataclass

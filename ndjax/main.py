@@ -47,6 +47,12 @@ flags.DEFINE_bool('skip_bad_images', False, 'Log, skip and count undecodable ima
 flags.DEFINE_integer('topk', 10, 'Top images per unit (by maximum activation) kept for the report; '
                      '0 keeps none.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
+flags.DEFINE_integer('devices', 0, 'Local devices to split each batch over (data parallel); 0 = all.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for a multi-process '
+                    'run through jax.distributed (each process takes every P-th batch).')
+flags.DEFINE_integer('num_processes', 1, 'Processes in a multi-process run.')
+flags.DEFINE_integer('process_id', 0, 'This process\'s index in a multi-process run; process 0 '
+                     'writes the outputs.')
 
 
 class UserError(Exception):
@@ -92,6 +98,11 @@ def _check_writable(run_dir: str) -> None:
 
 
 def run() -> list[str]:
+  if FLAGS.coordinator_address:
+    if not 0 <= FLAGS.process_id < FLAGS.num_processes:
+      raise UserError(f'--process_id={FLAGS.process_id} must be in [0, --num_processes)')
+    from ndjax import distributed
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   import jax
   import flax
   import numpy as np
@@ -134,7 +145,8 @@ def run() -> list[str]:
   cfg = dissect_lib.DissectConfig(
       layers=layers, tau=FLAGS.tau, upsample=FLAGS.upsample, batch_size=FLAGS.batch_size,
       cache_gb=FLAGS.cache_gb, cache_dir=FLAGS.cache_dir or None,
-      skip_bad_images=FLAGS.skip_bad_images, progress=FLAGS.progress, topk=FLAGS.topk)
+      skip_bad_images=FLAGS.skip_bad_images, progress=FLAGS.progress, topk=FLAGS.topk,
+      devices=FLAGS.devices)
   t0 = time.perf_counter()
   try:
     out = dissect_lib.dissect(model, ds, cfg)
@@ -160,6 +172,9 @@ def run() -> list[str]:
                      'files': {str(i): msg for i, msg in out.bad_images.items()}},
       'timings_s': dict(out.timings, total=wall),
   }
+  meta['processes'] = jax.process_count()
+  if jax.process_index() != 0:        # every process holds the merged result; one writes it
+    return []
   lines = []
   for l in layers:
     res = out.layers[l]

@@ -23,6 +23,7 @@ import html
 import io
 import itertools
 import json
+import logging
 import pathlib
 import sys
 import types
@@ -99,7 +100,7 @@ def bar_graph_svg(counts: dict[str, list[tuple[str, int]]]) -> str:
   if not counts:
     return '<p class="note">No unit is a detector at this IoU threshold.</p>'
   bar_w, bar_gap, group_gap = 14, 4, 22
-  left, top, plot_h, label_h, legend_h = 40, 16, 150, 110, 22
+  left, top, plot_h, label_h, legend_h = 40, 16, 150, 96, 22
   top_count = max(n for items in counts.values() for _, n in items)
   step = _tick_step(top_count)
   y_max = -(-top_count // step) * step
@@ -120,6 +121,8 @@ def bar_graph_svg(counts: dict[str, list[tuple[str, int]]]) -> str:
           f'<text class="concept" transform="translate({x + bar_w / 2 + 4},{base + 6}) rotate(-60)">'
           f'{shown}</text>')
       x += bar_w + bar_gap
+    # a category with few concepts still gets room for its name under the bars
+    x = max(x, group_x + 7 * len(f'{cat} ({len(items)})') + bar_gap)
     parts.append(f'<text class="group" x="{(group_x + x - bar_gap) / 2:.1f}" '
                  f'y="{base + label_h + 14}" fill="{color}">{html.escape(cat)} '
                  f'({len(items)})</text>')
@@ -419,6 +422,10 @@ def write_report(layer_dir, k: int = 10) -> pathlib.Path:
 
 
 def main(argv):
+  # keep library INFO chatter (backend probing, font cache) off the user's terminal
+  logging.getLogger().setLevel(logging.WARNING)
+  for name in ('absl', 'jax', 'matplotlib'):
+    logging.getLogger(name).setLevel(logging.WARNING)
   if len(argv) < 2:
     raise app.UsageError('give one or more layer folders (<outdir>/<run>/<layer>)')
   for layer_dir in argv[1:]:

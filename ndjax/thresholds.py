@@ -85,6 +85,17 @@ class StreamingThreshold:
     self.buffer = update_buffer(self.buffer, acts)
     self.seen += int(b if valid is None else np.sum(valid)) * h * w
 
+  def merge_processes(self) -> None:
+    """Combine the buffers of all processes (each saw a disjoint share of the images)."""
+    from ndjax import distributed
+    if distributed.process_count() == 1:
+      return
+    gathered = distributed.allgather({'buffer': np.asarray(self.buffer),
+                                      'seen': np.array(self.seen, np.int64)})
+    everything = np.concatenate(list(gathered['buffer']), axis=1)        # (K, P*m)
+    self.buffer = jax.lax.top_k(jnp.asarray(everything), self.m)[0]
+    self.seen = int(gathered['seen'].sum())
+
   def result(self) -> np.ndarray:
     if not 0 < self.seen <= self.max_n:
       raise RuntimeError(f'threshold saw {self.seen} values per unit, expected 1..{self.max_n}')

@@ -45,8 +45,18 @@ class TopImages:
                                       jnp.asarray(ids, jnp.int32), jnp.asarray(valid))
 
   def finish_ranking(self, max_hw: tuple[int, int]) -> None:
-    """Freeze the ranking; allocate NaN-padded map storage for the gather in pass 2."""
+    """Freeze the ranking (merged over processes); allocate NaN-padded map storage for pass 2."""
+    from ndjax import distributed
     self.values, self.images = np.array(self.values), np.array(self.images)
+    if distributed.process_count() > 1:
+      g = distributed.allgather({'values': self.values, 'images': self.images})
+      values = np.concatenate(list(g['values']), axis=1)
+      images = np.concatenate(list(g['images']), axis=1)
+      # the single-process order: larger value first, ties to the earlier image
+      order = np.lexsort((np.where(images < 0, np.iinfo(np.int32).max, images), -values), axis=1)
+      order = order[:, : self.k]
+      self.values = np.take_along_axis(values, order, axis=1)
+      self.images = np.take_along_axis(images, order, axis=1)
     self.images[~np.isfinite(self.values)] = -1       # fewer than k valid images
     self.maps = np.full(self.images.shape + tuple(max_hw), np.nan, np.float32)
     self.map_hw = np.zeros(self.images.shape + (2,), np.int32)
@@ -61,6 +71,17 @@ class TopImages:
     h, w = acts.shape[1:3]
     self.maps[units, ranks, :h, :w] = acts[slots, :, :, units]      # (n, h, w)
     self.map_hw[units, ranks] = (h, w)
+
+  def merge_processes(self) -> None:
+    """Each process copied the maps of the images it saw; take each from its owner."""
+    from ndjax import distributed
+    if distributed.process_count() == 1:
+      return
+    g = distributed.allgather({'maps': self.maps, 'map_hw': self.map_hw})
+    owner = np.argmax(g['map_hw'][..., 0] > 0, axis=0)                    # (K, k)
+    units, ranks = np.indices(owner.shape)
+    self.maps = g['maps'][owner, units, ranks]
+    self.map_hw = g['map_hw'][owner, units, ranks]
 
   def save(self, path: str) -> None:
     """Atomic write of images, values, maps, map_hw."""
