@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ndjax import activations, distributed, iou, loader, thresholds, upsample
 from ndjax import topk as topk_lib
+from ndjax import resume as resume_lib
 from ndjax.cache import ActivationCache
 from ndjax.data.broden import BrodenDataset
 
@@ -42,6 +43,10 @@ class DissectConfig:
   topk: int = 10                                  # top images kept per unit for the report
   profile: bool = False                           # block after each stage to time it (slower)
   devices: int = 0                                # local devices to shard batches over; 0 = all
+  checkpoint_dir: str | None = None               # where streaming state is checkpointed
+  checkpoint_every: int = 0                       # batches between checkpoints; 0 = never
+  resume: bool = False                            # continue from the newest checkpoint
+  identity: dict | None = None                    # what makes two runs the same (for resume)
 
 
 class DissectError(ValueError):
@@ -63,6 +68,7 @@ class DissectOutput:
   bad_images: dict[int, str]
   images_used: int
   timings: dict[str, float]
+  resumed_from: dict | None = None       # {'phase', 'done'} of the checkpoint a resumed run used
 
 
 class StageTimer:
@@ -134,13 +140,53 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
       wy, wx = upsample.matrices(cfg.upsample, (h, w), key[:2], key[2:], rf)
       mats[key, l] = (jnp.asarray(wy), jnp.asarray(wx))
 
+  store = None
+  if cfg.checkpoint_dir and (cfg.checkpoint_every > 0 or cfg.resume):
+    identity = dict(cfg.identity or {}, layers=list(layers), tau=cfg.tau, upsample=cfg.upsample,
+                    batch_size=cfg.batch_size, images=len(ds.records),
+                    processes=jax.process_count(), topk=cfg.topk)
+    store = resume_lib.StateStore(cfg.checkpoint_dir, jax.process_index(), identity)
+  saved = store.load_latest() if store is not None and cfg.resume else None
+  keys = {l: f'layer_{i}' for i, l in enumerate(layers)}      # layer names may hold dots
+
+  def restore_bad(state):
+    for i in np.asarray(state['bad']).tolist():
+      if i >= 0:
+        bad.items.setdefault(int(i), 'skipped before the resume')
+
+  def bad_array():
+    return np.array(sorted(bad.items) or [-1], np.int64)
+
+  def checkpoint(phase, done, extra):
+    if store is not None and cfg.checkpoint_every > 0:
+      store.save(dict(extra, phase=np.array(phase), done=np.array(done), bad=bad_array()))
+
+  def pass1_state():
+    return {keys[l]: dict(buffer=streams[l].buffer, seen=np.array(streams[l].seen),
+                          **({'top_values': top[l].values, 'top_images': top[l].images}
+                             if top else {})) for l in layers}
+
   cache = ActivationCache(cfg.cache_gb, cfg.cache_dir)
   try:
     # ---- pass 1: forward + exact thresholds --------------------------------------------------
     t0 = time.perf_counter()
-    for batch in tqdm(clock.wait('decode_images', loader.prefetch(batches, ds.load_image, bad)),
-                      total=len(batches), desc='pass 1/2 forward + thresholds', unit='batch',
-                      disable=not cfg.progress):
+    start1 = 0
+    phase = 1 if saved is None else int(saved['phase'])
+    if saved is not None:
+      restore_bad(saved)
+      if phase == 1:
+        start1 = int(saved['done'])
+        for l in layers:
+          streams[l].buffer = jnp.asarray(saved[keys[l]]['buffer'])
+          streams[l].seen = int(saved[keys[l]]['seen'])
+          if top:
+            top[l].values = jnp.asarray(saved[keys[l]]['top_values'])
+            top[l].images = jnp.asarray(saved[keys[l]]['top_images'])
+    todo1 = batches[start1:] if phase == 1 else []
+    for pos, batch in enumerate(tqdm(
+        clock.wait('decode_images', loader.prefetch(todo1, ds.load_image, bad)),
+        total=len(todo1), desc='pass 1/2 forward + thresholds', unit='batch',
+        disable=not cfg.progress), start=start1 + 1):
       valid = _valid_mask(batch, bad)
       acts = clock.stage('forward', forward, loader.stack_images(batch))
       for l in layers:
@@ -148,24 +194,53 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
         if top:
           clock.stage('topk', top[l].update, acts[l], batch.ids, valid)
         clock.stage('cache', cache.put, batch.index, l, np.asarray(acts[l]))
+      if cfg.checkpoint_every > 0 and pos % cfg.checkpoint_every == 0 and pos < len(batches):
+        checkpoint(1, pos, pass1_state())
+    if phase == 1:
+      checkpoint(1, len(batches), pass1_state())
     bad_everywhere = distributed.allgather_bad_images(bad.items, len(ds.records))
     bad.items.update({i: msg for i, msg in bad_everywhere.items() if i not in bad.items})
-    for l in layers:
-      streams[l].merge_processes()
-    thr = {l: streams[l].result() for l in layers}
-    for l, t in top.items():
-      t.finish_ranking(tuple(max(shapes[key][l][d] for key in shapes) for d in (0, 1)))
+    if phase == 1:
+      for l in layers:
+        streams[l].merge_processes()
+      thr = {l: streams[l].result() for l in layers}
+      for l, t in top.items():
+        t.finish_ranking(tuple(max(shapes[key][l][d] for key in shapes) for d in (0, 1)))
+    else:
+      thr = {l: np.asarray(saved[keys[l]]['thresholds']) for l in layers}
     timings['forward_and_threshold'] = time.perf_counter() - t0
 
     # ---- pass 2: upsample + threshold + count ---------------------------------------------------
     t0 = time.perf_counter()
     num_cats = len(ds.categories)
     counts = {l: iou.Counts.zeros(units[l], ds.num_labels, num_cats) for l in layers}
+    start2 = 0
+    if phase == 2:
+      start2 = int(saved['done'])
+      for l in layers:
+        counts[l] = iou.Counts(**{f: np.asarray(saved[keys[l]][f])
+                                  for f in counts[l].as_dict()})
+        if top:
+          top[l].values = np.asarray(saved[keys[l]]['top_values'])
+          top[l].images = np.asarray(saved[keys[l]]['top_images'])
+          top[l].maps = np.array(saved[keys[l]]['top_maps'])
+          top[l].map_hw = np.array(saved[keys[l]]['top_map_hw'])
+
+    def pass2_state():
+      return {keys[l]: dict(thresholds=thr[l], **counts[l].as_dict(),
+                            **({'top_values': top[l].values, 'top_images': top[l].images,
+                                'top_maps': top[l].maps, 'top_map_hw': top[l].map_hw}
+                               if top else {})) for l in layers}
+
+    if phase == 1:
+      checkpoint(2, 0, pass2_state())
     thr_dev = {l: jnp.asarray(thr[l]) for l in layers}
     max_layers, max_image = ds.max_layers(), ds.max_image_labels()
-    for batch in tqdm(clock.wait('decode_labels', loader.prefetch(batches, ds.load_labels, bad)),
-                      total=len(batches), desc='pass 2/2 upsample + count', unit='batch',
-                      disable=not cfg.progress):
+    todo2 = batches[start2:]
+    for pos, batch in enumerate(tqdm(
+        clock.wait('decode_labels', loader.prefetch(todo2, ds.load_labels, bad)),
+        total=len(todo2), desc='pass 2/2 upsample + count', unit='batch',
+        disable=not cfg.progress), start=start2 + 1):
       valid = _valid_mask(batch, bad)
       labels = clock.stage('stack_labels', loader.stack_labels, batch, ds, max_layers, max_image)
       if cache.has_batch(batch.index, layers):
@@ -183,6 +258,8 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
         clock.stage('accumulate', counts[l].add, out, labels.global_ids)
         if top:
           clock.stage('topk_maps', top[l].gather, np.asarray(acts[l]), batch.ids)
+      if cfg.checkpoint_every > 0 and pos % cfg.checkpoint_every == 0 and pos < len(batches):
+        checkpoint(2, pos, pass2_state())
     for l in layers:
       summed = distributed.allsum(counts[l].as_dict())
       counts[l] = iou.Counts(**summed)
@@ -194,7 +271,10 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
   finally:
     cache.close()
 
+  if store is not None:
+    store.clear()
   timings.update(clock.totals)
   used = sum(int(np.sum(_valid_mask(b, bad))) for b in all_batches)
   results = {l: LayerResult(l, model.describe(l), thr[l], counts[l], top.get(l)) for l in layers}
-  return DissectOutput(results, dict(bad.items), used, timings)
+  resumed = None if saved is None else {'phase': int(saved['phase']), 'done': int(saved['done'])}
+  return DissectOutput(results, dict(bad.items), used, timings, resumed)

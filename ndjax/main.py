@@ -47,6 +47,11 @@ flags.DEFINE_bool('skip_bad_images', False, 'Log, skip and count undecodable ima
 flags.DEFINE_integer('topk', 10, 'Top images per unit (by maximum activation) kept for the report; '
                      '0 keeps none.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
+flags.DEFINE_integer('checkpoint_every', 50, 'Checkpoint the streaming state (Orbax) every N '
+                     'batches, so that --resume can continue a killed run; 0 = never.')
+flags.DEFINE_bool('resume', False, 'Continue from the newest checkpoint of this run, if any.')
+flags.DEFINE_string('checkpoint_dir', None, 'Where checkpoints go. Default <outdir>/<run_name>/.resume; '
+                    'removed when the run finishes.')
 flags.DEFINE_integer('devices', 0, 'Local devices to split each batch over (data parallel); 0 = all.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for a multi-process '
                     'run through jax.distributed (each process takes every P-th batch).')
@@ -111,6 +116,7 @@ def run() -> list[str]:
   from ported_weights.fetch import cache_root
   from ndjax import dissect as dissect_lib
   from ndjax import tally
+  from ndjax import resume as resume_lib
   from ndjax.data import broden
 
   if FLAGS.model not in models.MODELS:
@@ -146,13 +152,16 @@ def run() -> list[str]:
       layers=layers, tau=FLAGS.tau, upsample=FLAGS.upsample, batch_size=FLAGS.batch_size,
       cache_gb=FLAGS.cache_gb, cache_dir=FLAGS.cache_dir or None,
       skip_bad_images=FLAGS.skip_bad_images, progress=FLAGS.progress, topk=FLAGS.topk,
-      devices=FLAGS.devices)
+      devices=FLAGS.devices, checkpoint_every=FLAGS.checkpoint_every, resume=FLAGS.resume,
+      checkpoint_dir=FLAGS.checkpoint_dir or os.path.join(run_dir, '.resume'),
+      identity={'model': FLAGS.model, 'weights': weights, 'seed': FLAGS.seed,
+                'dataset': os.path.abspath(dataset_path)})
   t0 = time.perf_counter()
   try:
     out = dissect_lib.dissect(model, ds, cfg)
   except broden.BrodenFormatError as e:
     raise UserError(f'{e} (rerun with --skip_bad_images to skip such files)') from None
-  except dissect_lib.DissectError as e:
+  except (dissect_lib.DissectError, resume_lib.ResumeError) as e:
     raise UserError(str(e)) from None
   wall = time.perf_counter() - t0
 
@@ -171,6 +180,7 @@ def run() -> list[str]:
       'bad_images': {'count': len(out.bad_images),
                      'files': {str(i): msg for i, msg in out.bad_images.items()}},
       'timings_s': dict(out.timings, total=wall),
+      'resumed_from': out.resumed_from,
   }
   meta['processes'] = jax.process_count()
   if jax.process_index() != 0:        # every process holds the merged result; one writes it

@@ -39,7 +39,10 @@ from ndjax.data import broden
 REPORT_NAME = 'report.html'
 THUMB_PX = 96          # longest side of an inlined probe-image thumbnail
 STRIP_PX = 72          # displayed height of one image in a unit's strip
-VEIL_ALPHA = 160       # opacity of the dark veil outside the unit's mask (0-255)
+VEIL_ALPHA = 190       # opacity of the dark veil outside the unit's mask (0-255)
+OUTLINE_RGB = (255, 214, 0)   # the mask's edge, drawn inside it: a small region stays visible
+# palette indices of a mask PNG: the unit fires on INSIDE and EDGE pixels, not on VEIL
+INSIDE, VEIL, EDGE = 0, 1, 2
 MASK_CHUNK = 1024      # maps upsampled per device call: bounds the (n, sh, sw) float buffer
 # the summary line's category order (tally.summary_line); other categories follow in csv order
 SUMMARY_ORDER = ('object', 'part', 'scene', 'material', 'texture', 'color')
@@ -100,7 +103,9 @@ def bar_graph_svg(counts: dict[str, list[tuple[str, int]]]) -> str:
   if not counts:
     return '<p class="note">No unit is a detector at this IoU threshold.</p>'
   bar_w, bar_gap, group_gap = 14, 4, 22
-  left, top, plot_h, label_h, legend_h = 40, 16, 150, 96, 22
+  longest = max(len(broden.display_name(label)) for items in counts.values() for label, _ in items)
+  left, top, plot_h, legend_h = 40, 16, 150, 22
+  label_h = 14 + round(5.6 * longest * 0.87)      # ~5.6 px per 10 px character, sin(60 deg)
   top_count = max(n for items in counts.values() for _, n in items)
   step = _tick_step(top_count)
   y_max = -(-top_count // step) * step
@@ -171,11 +176,17 @@ def unit_masks(results: dict, top: dict, ds: broden.BrodenDataset, k: int) -> di
 
 
 def mask_png(mask: np.ndarray) -> bytes:
-  """A 2-colour PNG at mask resolution: transparent where the unit fires, a dark veil elsewhere."""
-  img = Image.fromarray(np.where(mask, 0, 1).astype(np.uint8), 'P')
-  img.putpalette([0, 0, 0, 0, 0, 0])
+  """A palette PNG at mask resolution: transparent where the unit fires (its edge pixels in an
+  opaque outline colour), a dark veil elsewhere."""
+  padded = np.pad(mask, 1, mode='edge')
+  interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+  index = np.where(mask, np.where(interior, INSIDE, EDGE), VEIL).astype(np.uint8)
+  img = Image.fromarray(index, 'P')
+  palette = {INSIDE: (0, 0, 0), VEIL: (0, 0, 0), EDGE: OUTLINE_RGB}
+  img.putpalette([v for i in range(3) for v in palette[i]])
+  alpha = {INSIDE: 0, VEIL: VEIL_ALPHA, EDGE: 255}
   buf = io.BytesIO()
-  img.save(buf, 'PNG', transparency=bytes([0, VEIL_ALPHA]), bits=1, optimize=False)
+  img.save(buf, 'PNG', transparency=bytes(alpha[i] for i in range(3)), bits=2, optimize=False)
   return buf.getvalue()
 
 
@@ -212,12 +223,12 @@ def _strips(results: dict, top: dict, ds: broden.BrodenDataset, k: int):
   """-> ({unit index: strip HTML}, CSS rules inlining each probe image used once)."""
   masks = unit_masks(results, top, ds, k)
   used = sorted({int(top['images'][u, r]) for u, r in masks})
-  css, ratio = [], {}
+  css = []
   for i in used:
     rec = ds.records[i]
-    ratio[i] = rec.iw / rec.ih
     uri = _data_uri('image/jpeg', thumbnail_jpeg(ds.load_image(i)))
-    css.append(f'.i{i}{{background-image:url({uri});width:{round(STRIP_PX * ratio[i])}px}}')
+    # the box takes the image's shape at whatever height the strip (grid or unit page) sets
+    css.append(f'.i{i}{{background-image:url({uri});aspect-ratio:{rec.iw}/{rec.ih}}}')
   strips = collections.defaultdict(list)
   for (u, r), mask in sorted(masks.items()):
     i = int(top['images'][u, r])

@@ -27,8 +27,10 @@ def _merge(values, images, acts, ids, valid):
   peak = jnp.where(valid[:, None], acts.max(axis=(1, 2)), -jnp.inf)          # (B, K)
   cand_v = jnp.concatenate([values, peak.T], axis=1)
   cand_i = jnp.concatenate([images, jnp.broadcast_to(ids[None], (values.shape[0], len(ids)))], axis=1)
-  top, pos = jax.lax.top_k(cand_v, k)          # ties: the earlier candidate (earlier image) wins
-  return top, jnp.take_along_axis(cand_i, pos, axis=1)
+  # explicit order: larger value first, ties to the earlier image (empty slots last)
+  tie = jnp.where(cand_i < 0, jnp.iinfo(jnp.int32).max, cand_i)
+  neg_v, _, order_i = jax.lax.sort((-cand_v, tie, cand_i), dimension=1, num_keys=2)
+  return -neg_v[:, :k], order_i[:, :k]
 
 
 class TopImages:

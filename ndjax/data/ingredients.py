@@ -21,6 +21,7 @@ All apt/dpkg/pip output is captured; a failure is an `IngredientError` with a on
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -168,6 +169,25 @@ def _safe_member(name: str) -> str | None:
   return str(path)
 
 
+@contextlib.contextmanager
+def _staging(destination: pathlib.Path):
+  """A private work folder beside `destination` (same filesystem: the final rename is atomic).
+
+  Its name carries our pid, so folders left by a killed build are recognised and removed.
+  """
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  for partial in destination.parent.glob(f'.{destination.name}.partial-*'):
+    try:
+      os.kill(int(partial.name.rsplit('.partial-', 1)[1].split('-')[0]), 0)
+    except ProcessLookupError:
+      shutil.rmtree(partial, ignore_errors=True)
+    except (ValueError, OSError):
+      continue
+  with tempfile.TemporaryDirectory(prefix=f'.{destination.name}.partial-{os.getpid()}-',
+                                   dir=destination.parent) as work:
+    yield pathlib.Path(work)
+
+
 def _publish(staging: pathlib.Path, destination: pathlib.Path) -> None:
   """Renames a finished folder into place; a concurrent build that won the race is kept."""
   try:
@@ -229,10 +249,7 @@ def ensure_debian(pin: DebianPin, cache_root: pathlib.Path) -> pathlib.Path:
                  / f'{pin.package}-v{LAYOUT_VERSION}-{pin.content_sha256[:12]}')
   if (destination / 'MANIFEST.json').is_file():
     return destination
-  destination.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(prefix=f'.{destination.name}.partial-',
-                                   dir=destination.parent) as work:
-    work = pathlib.Path(work)
+  with _staging(destination) as work:
     (work / 'download').mkdir()
     deb, version = _fetch_deb(pin, work / 'download')
     deb_sha256 = sha256_of_file(deb)
@@ -274,11 +291,8 @@ def ensure_pypi(pin: PyPIPin, cache_root: pathlib.Path) -> pathlib.Path:
                  / f'{pin.name}-{pin.version}-v{LAYOUT_VERSION}')
   if (destination / 'MANIFEST.json').is_file():
     return destination
-  destination.parent.mkdir(parents=True, exist_ok=True)
   requirement = f'{pin.name}=={pin.version}'
-  with tempfile.TemporaryDirectory(prefix=f'.{destination.name}.partial-',
-                                   dir=destination.parent) as work:
-    work = pathlib.Path(work)
+  with _staging(destination) as work:
     command = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--disable-pip-version-check',
                '--no-input', '--quiet', *pin.pip_args, requirement, '-d', str(work / 'download')]
     result = _run(command, work, PIP_TIMEOUT_S, f'pip download {requirement}')
