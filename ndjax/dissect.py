@@ -196,8 +196,6 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
         clock.stage('cache', cache.put, batch.index, l, np.asarray(acts[l]))
       if cfg.checkpoint_every > 0 and pos % cfg.checkpoint_every == 0 and pos < len(batches):
         checkpoint(1, pos, pass1_state())
-    if phase == 1:
-      checkpoint(1, len(batches), pass1_state())
     bad_everywhere = distributed.allgather_bad_images(bad.items, len(ds.records))
     bad.items.update({i: msg for i, msg in bad_everywhere.items() if i not in bad.items})
     if phase == 1:
