@@ -33,6 +33,7 @@ from ndjax import report
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', './ndjax_compare', 'Directory for the figures and compare.json.')
 
+
 class CompareError(ValueError):
   """Input that cannot be compared; the message is one line for the user."""
 
@@ -54,9 +55,13 @@ def _read_results(layer_dir: pathlib.Path) -> dict:
   path = layer_dir / 'results.json'
   try:
     doc = json.loads(path.read_text())
-    doc['unique_detectors'], doc['layer']
-  except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+  except (OSError, json.JSONDecodeError) as e:
     raise CompareError(f'{path} is not a readable dissection results.json ({e})') from None
+  missing = [key for key in ('layer', 'unique_detectors')
+             if not isinstance(doc, dict) or key not in doc]
+  if missing:
+    raise CompareError(f'{path} is not a readable dissection results.json '
+                       f'(no {", ".join(missing)})')
   return doc
 
 

@@ -46,6 +46,8 @@ flags.DEFINE_bool('skip_bad_images', False, 'Log, skip and count undecodable ima
                   'of stopping at the first one.')
 flags.DEFINE_integer('topk', 10, 'Top images per unit (by maximum activation) kept for the report; '
                      '0 keeps none.')
+flags.DEFINE_bool('report', True, 'Write <layer>/report.html: summary, detector bar graph, every '
+                  'unit with its top images and masks (from this run\'s outputs, no recomputation).')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.DEFINE_integer('checkpoint_every', 50, 'Checkpoint the streaming state (Orbax) every N '
                      'batches, so that --resume can continue a killed run; 0 = never.')
@@ -200,6 +202,9 @@ def run() -> list[str]:
     tally.atomic_write(os.path.join(layer_dir, 'results.json'),
                        tally.results_json(meta, layer_meta, labels, res.thresholds, ds,
                                           FLAGS.iou_threshold))
+    if FLAGS.report:
+      from ndjax import report
+      report.write_report(layer_dir, k=FLAGS.topk)
     line = tally.summary_line(l, labels, ds, FLAGS.iou_threshold)
     print(line, flush=True)
     lines.append(line)

@@ -220,24 +220,35 @@ def _open_probe(results: dict):
 
 
 def _strips(results: dict, top: dict, ds: broden.BrodenDataset, k: int):
-  """-> ({unit index: strip HTML}, CSS rules inlining each probe image used once)."""
+  """-> ({unit index: strip HTML}, CSS rules inlining each probe image used once, note)."""
   masks = unit_masks(results, top, ds, k)
   used = sorted({int(top['images'][u, r]) for u, r in masks})
-  css = []
+  css, unreadable = [], {}
   for i in used:
     rec = ds.records[i]
-    uri = _data_uri('image/jpeg', thumbnail_jpeg(ds.load_image(i)))
+    try:
+      uri = _data_uri('image/jpeg', thumbnail_jpeg(ds.load_image(i)))
+    except broden.BrodenFormatError as e:      # moved or damaged since the dissection
+      unreadable[i] = str(e)
+      continue
     # the box takes the image's shape at whatever height the strip (grid or unit page) sets
     css.append(f'.i{i}{{background-image:url({uri});aspect-ratio:{rec.iw}/{rec.ih}}}')
   strips = collections.defaultdict(list)
   for (u, r), mask in sorted(masks.items()):
     i = int(top['images'][u, r])
+    if i in unreadable:
+      continue
     title = html.escape(f'#{r + 1}: image {i} ({ds.records[i].image}), max activation '
                         f'{float(top["values"][u, r]):.4g}')
     strips[u].append(f'<span class="t i{i}" title="{title}"><img class="mask" alt="" '
                      f'data-image="{i}" data-rank="{r}" '
                      f'src="{_data_uri("image/png", mask_png(mask))}"></span>')
-  return {u: ''.join(items) for u, items in strips.items()}, css
+  note = ''
+  if unreadable:
+    first = next(iter(unreadable.values()))
+    note = (f'{len(unreadable)} probe image(s) could not be read and are left out of the strips '
+            f'({first}).')
+  return {u: ''.join(items) for u, items in strips.items()}, css, note
 
 
 def _unit_page(unit: dict, categories: list[str], threshold: float) -> str:
@@ -362,7 +373,7 @@ def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: 
   categories = category_order(results['unique_detectors'])
   strips, image_css = ({}, [])
   if top is not None and ds is not None and k > 0:
-    strips, image_css = _strips(results, top, ds, k)
+    strips, image_css, note = _strips(results, top, ds, k)
   elif top is None:
     note = note or 'No topk.npz in this folder (dissected with --topk=0): strips are not drawn.'
   resolved = results.get('resolved', {})
@@ -382,11 +393,13 @@ def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: 
         f'data-detector="{int(u["iou"] > threshold)}">'
         f'<td class="num"><a href="#unit-{n}">{n}</a></td>'
         f'<td>{html.escape(u["display_label"])}</td>'
-        f'<td><span class="cat" style="background:{category_color(cat)}">{html.escape(cat)}</span></td>'
+        f'<td><span class="cat" style="background:{category_color(cat)}">'
+        f'{html.escape(cat)}</span></td>'
         f'<td class="num">{u["iou"]:.4f}</td><td class="strip">{strips.get(n - 1, "")}</td></tr>')
   # the grid starts in tally.csv's order: best IoU first, ties by unit
   order = sorted(range(len(units)), key=lambda i: (-units[i]['iou'], units[i]['unit']))
-  options = ''.join(f'<option value="{html.escape(c)}">{html.escape(c)}</option>' for c in categories)
+  options = ''.join(f'<option value="{html.escape(c)}">{html.escape(c)}</option>'
+                    for c in categories)
   title = f'{run} / {results["layer"]}'
   page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
