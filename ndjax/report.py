@@ -34,7 +34,7 @@ from absl import app, flags
 from PIL import Image
 
 from ndjax import tally, upsample
-from ndjax.data import broden
+from ndjax.data import broden, open_dataset
 
 REPORT_NAME = 'report.html'
 THUMB_PX = 96          # longest side of an inlined probe-image thumbnail
@@ -214,7 +214,7 @@ def _open_probe(results: dict):
   """-> (dataset or None, note for the page when images cannot be shown)."""
   path = results.get('resolved', {}).get('dataset')
   try:
-    return broden.open_broden(path, check_files=False), ''
+    return open_dataset(path, check_files=False), ''
   except (broden.BrodenFormatError, TypeError) as e:
     return None, f'Probe images unavailable ({e}): strips are not drawn.'
 
