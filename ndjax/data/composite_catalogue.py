@@ -480,7 +480,8 @@ PHOTOS: tuple[dict, ...] = (
 )
 VOC_CLASSES = _VOC_CLASSES
 
-# Part shapes drawn over stamps, in fractions of the stamp's width and height:
+# Part shapes drawn over stamps, in fractions of the visible cut-out's box (the PNG cropped to its
+# alpha):
 #   stamp path -> ((part label, 'ellipse', (x0, y0, x1, y1)) | (part label, 'poly', (x, y, x, y, ...)), ...)
 # Clipped to the stamp's alpha when rendered.
 PARTS: dict[str, tuple[tuple[str, str, tuple[float, ...]], ...]] = {
@@ -539,7 +540,7 @@ PARTS: dict[str, tuple[tuple[str, str, tuple[float, ...]], ...]] = {
     'animals/birds/quetzal.png': (('head', 'ellipse', (.50, .02, .80, .14)),),
     'animals/birds/rainbow-lorikeet.png': (('head', 'ellipse', (.0, .0, .25, .45)),),
     'animals/birds/rooster.png': (('head', 'ellipse', (.68, .0, 1.0, .20)),),
-    'animals/birds/seagull.png': (('head', 'ellipse', (.70, .20, .90, .38)),),
+    'animals/birds/seagull.png': (('head', 'ellipse', (.60, .20, .73, .34)),),
     'animals/birds/silver-gull.png': (('head', 'ellipse', (.08, .02, .35, .20)),),
     'animals/birds/tucan.png': (('head', 'ellipse', (.56, .46, 1.0, .62)),),
     'animals/birds/turkey.png': (('head', 'ellipse', (.12, .35, .30, .60)),),

@@ -54,6 +54,13 @@ def _font(size: int):
     return ImageFont.load_default()
 
 
+def _outline(where: np.ndarray) -> np.ndarray:
+  """Pixels of a region with a 4-neighbour outside it (or on the image border)."""
+  padded = np.pad(where, 1)
+  inner = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+  return where & ~inner
+
+
 def _read_rows(root: pathlib.Path) -> tuple[list[str], list[dict], dict[int, str]]:
   with open(root / 'category.csv', newline='') as f:
     categories = [row['name'] for row in csv.DictReader(f)]
@@ -84,6 +91,7 @@ def _cell(root: pathlib.Path, row: dict, category: str, names: dict[int, str], f
       where = labels == number
       rgb = np.asarray(_label_rgb(int(number), names.get(int(number), '')), np.float32)
       image[where] = image[where] * (1 - OVERLAY_ALPHA) + rgb * OVERLAY_ALPHA
+      image[_outline(where)] = rgb                 # small regions (parts) stay visible
   cell = Image.new('RGB', (CELL, CELL + CAPTION), 'white')
   cell.paste(Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)), (0, 0))
   draw = ImageDraw.Draw(cell)

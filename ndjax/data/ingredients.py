@@ -210,11 +210,14 @@ def _apt_unknown(result: subprocess.CompletedProcess) -> bool:
       r'Can\'t select (?:candidate )?version', text))
 
 
+def _is_root() -> bool:
+  return hasattr(os, 'geteuid') and os.geteuid() == 0
+
+
 def _apt_update() -> None:
   """apt-get update, needed on a fresh machine whose package lists are empty (root only)."""
-  if not hasattr(os, 'geteuid') or os.geteuid() != 0:
-    return
-  _run(['apt-get', 'update', '-q'], pathlib.Path('/'), APT_TIMEOUT_S, 'apt-get update')
+  if _is_root():
+    _run(['apt-get', 'update', '-q'], pathlib.Path('/'), APT_TIMEOUT_S, 'apt-get update')
 
 
 def _fetch_deb(pin: DebianPin, into: pathlib.Path) -> tuple[pathlib.Path, str]:
@@ -232,8 +235,10 @@ def _fetch_deb(pin: DebianPin, into: pathlib.Path) -> tuple[pathlib.Path, str]:
     result = _apt_download(pin.package, None, into)
     version = None
   if result.returncode != 0:
+    hint = ('; the package lists may be empty: run `apt-get update` as root'
+            if _apt_unknown(result) and not _is_root() else '')
     raise IngredientError(f'apt-get download {pin.package} failed: '
-                          f'{_failure_line(result.stderr + result.stdout)}')
+                          f'{_failure_line(result.stderr + result.stdout)}{hint}')
   debs = sorted(into.glob(f'{pin.package}_*.deb'))
   if len(debs) != 1:
     raise IngredientError(f'apt-get download {pin.package}: expected one .deb, got '
