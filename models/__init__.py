@@ -1,16 +1,46 @@
-"""Model registry: name -> constructor (a functools.partial of one class per family)."""
+"""Model registry: name -> constructor taking `rngs=nnx.Rngs(seed)`; each mirrors torchvision.
+
+All models share the contract of `models.layers.TapModel`: `model(images_uint8_nhwc, taps)`,
+`resolve`, `layer_names`, `describe`, `rf_geometry`, `logits`, `arch`, `preprocessing`.
+"""
 from __future__ import annotations
 
-from models import convstack
+from models import convstack, densenet, googlenet, mobilenet, resnet
 
 MODELS = {
+    'alexnet': convstack.alexnet,
     'vgg16': convstack.vgg16,
     'vgg16_bn': convstack.vgg16_bn,
-    'alexnet': convstack.alexnet,
+    'googlenet': googlenet.googlenet,
+    'resnet18': resnet.resnet18,
+    'resnet50': resnet.resnet50,
+    'resnet152': resnet.resnet152,
+    'densenet161': densenet.densenet161,
+    'mobilenet_v2': mobilenet.mobilenet_v2,
 }
 
-# The paper's default layer per model (its last conv layer, post-ReLU).
-DEFAULT_LAYERS = {'vgg16': ('conv5_3',), 'vgg16_bn': ('conv5_3',), 'alexnet': ('conv5',)}
+# The default layer per model: the paper's last conv layer (post-ReLU) or the final features.
+DEFAULT_LAYERS = {
+    'alexnet': ('conv5',),
+    'vgg16': ('conv5_3',),
+    'vgg16_bn': ('conv5_3',),
+    'googlenet': ('inception5b',),
+    'resnet18': ('layer4',),
+    'resnet50': ('layer4',),
+    'resnet152': ('layer4',),
+    'densenet161': ('relu5',),
+    'mobilenet_v2': ('features',),
+}
+
+
+def default_layers(model) -> tuple[str, ...]:
+  """`DEFAULT_LAYERS` of the model's arch, or, when its weights end before them (CRAFT's VGG16-BN
+  trunk stops at conv5_2), its deepest paper-named layer."""
+  names = model.layer_names()
+  wanted = DEFAULT_LAYERS[model.arch]
+  if all(layer in names for layer in wanted):
+    return wanted
+  return (list(model.aliases)[-1] if model.aliases else names[-1],)
 
 
 def build(name: str, seed: int = 0):

@@ -1,9 +1,10 @@
-"""One Flax NNX class for plain conv/pool stacks (VGG, AlexNet trunks), variants as specs.
+"""One Flax NNX class for plain conv/pool stacks (VGG, AlexNet), variants as specs.
 
 A model is a list of ops in torchvision's `features.N` order, so every op's output can be tapped
 by its torchvision module path, and the paper's names (conv5_3 = post-ReLU, pool5, ...) are aliases
-onto those paths. The same spec drives the receptive-field geometry the upsampler uses
-(`models/geometry.py`), so the two can never disagree.
+onto those paths. torchvision's classifier (`avgpool` + `classifier.N`) follows for logits. The same
+spec drives the receptive-field geometry the upsampler uses (the geometry pass of
+`models/layers.py`, cross-checked against `models/geometry.py`), so the two can never disagree.
 """
 from __future__ import annotations
 
@@ -12,19 +13,20 @@ import functools
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from models import geometry
+from models import layers
+from models.layers import PREPROCESSING, preprocess  # noqa: F401  (re-exported: public names)
 
 
 @dataclasses.dataclass(frozen=True)
 class Op:
-  kind: str                      # 'conv' | 'bn' | 'relu' | 'pool'
-  out: int = 0                   # conv output channels
+  kind: str                      # 'conv' | 'bn' | 'relu' | 'pool' | 'linear' | 'dropout'
+  out: int = 0                   # conv/linear output channels (linear: 0 = the number of classes)
   kernel: int = 1
   stride: int = 1
   padding: int = 0
+  ceil_mode: bool = False
 
 
 def vgg_ops(cfg: Sequence, batch_norm: bool = False) -> tuple[Op, ...]:
@@ -42,27 +44,24 @@ def vgg_ops(cfg: Sequence, batch_norm: bool = False) -> tuple[Op, ...]:
 
 
 def paper_names(ops: Sequence[Op], block_style: str) -> dict[str, int]:
-  """Paper layer names -> op index. Conv names mean the POST-ReLU output (Caffe's in-place ReLU)."""
+  """Paper layer names -> op index. Conv names mean the POST-ReLU output (Caffe's in-place ReLU).
+
+  'vgg': conv<block>_<n>, pool<block>. 'alexnet': conv<n>, and Caffe's pool1, pool2, pool5 (each
+  pool is named after the conv before it).
+  """
   names = {}
   block, within, conv_count, pool_count = 1, 0, 0, 0
-  last_conv_relu = None
   for i, op in enumerate(ops):
     if op.kind == 'conv':
       within += 1
       conv_count += 1
-      last_conv_relu = None
     elif op.kind == 'relu':
-      last_conv_relu = i
-      if block_style == 'vgg':
-        names[f'conv{block}_{within}'] = i
-      else:
-        names[f'conv{conv_count}'] = i
+      names[f'conv{block}_{within}' if block_style == 'vgg' else f'conv{conv_count}'] = i
     elif op.kind == 'pool':
       pool_count += 1
-      names[f'pool{pool_count}'] = i
+      names[f'pool{pool_count}' if block_style == 'vgg' else f'pool{conv_count}'] = i
       block += 1
       within = 0
-  del last_conv_relu
   return names
 
 
@@ -76,106 +75,95 @@ ALEXNET_OPS = (
     Op('conv', 256, 3, 1, 1), Op('relu'), Op('pool', kernel=3, stride=2),
 )
 
-# Input conventions. 'caffe': the original VGG/Caffe weights (BGR, 0-255, minus the BGR mean);
-# 'torch': torchvision (RGB in [0, 1], per-channel mean/std, one std per channel, not one for all).
-PREPROCESSING = {
-    'caffe': dict(bgr=True, scale=1.0, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0)),
-    'torch': dict(bgr=False, scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-    'none': dict(bgr=False, scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),  # raw 0-255 RGB
-}
+# torchvision's classifiers, in `classifier.N` order (dropout is the identity in eval mode).
+VGG_CLASSIFIER = (Op('linear', 4096), Op('relu'), Op('dropout'), Op('linear', 4096), Op('relu'),
+                  Op('dropout'), Op('linear', 0))
+ALEXNET_CLASSIFIER = (Op('dropout'), Op('linear', 4096), Op('relu'), Op('dropout'),
+                      Op('linear', 4096), Op('relu'), Op('linear', 0))
+
+_DESCRIPTIONS = {'conv': 'Conv2d output (pre-ReLU)', 'bn': 'BatchNorm2d output (pre-ReLU)',
+                 'relu': 'ReLU output (post-ReLU)', 'pool': 'MaxPool2d output'}
 
 
-def preprocess(images_uint8: jax.Array, convention: str) -> jax.Array:
-  """uint8 RGB NHWC -> the float input the weights were trained on."""
-  p = PREPROCESSING[convention]
-  x = images_uint8.astype(jnp.float32)
-  if p['bgr']:
-    x = x[..., ::-1]
-  x = x * p['scale']
-  return (x - jnp.asarray(p['mean'], jnp.float32)) / jnp.asarray(p['std'], jnp.float32)
+class ConvStack(layers.TapModel):
+  """A conv/BN/ReLU/max-pool trunk, optionally with torchvision's avgpool + classifier head.
 
-
-class ConvStack(nnx.Module):
-  """A conv/BN/ReLU/max-pool trunk; `__call__` returns the requested taps only.
-
-  Parameters live in attributes named `features_<N>` (N = torchvision index), so a torchvision
-  state_dict key `features.N.weight` maps to `features_N.kernel` one to one.
+  Parameters live in attributes named `features_<N>` / `classifier_<N>` (N = torchvision index),
+  so a torchvision state_dict key `features.N.weight` maps to `features_N.kernel` one to one.
   """
 
   def __init__(self, ops: Sequence[Op], *, in_channels: int = 3, block_style: str = 'vgg',
-               preprocessing: str = 'caffe', name: str = 'convstack', rngs: nnx.Rngs):
+               preprocessing: str = 'caffe', name: str = 'convstack',
+               classifier: Sequence[Op] | None = None, pool_size: int = 7,
+               num_classes: int | None = 1000, rngs: nnx.Rngs):
     self.ops = tuple(ops)
+    self.classifier_ops = tuple(classifier) if classifier else ()
+    self.pool_size = pool_size
     self.preprocessing = preprocessing
     self.arch = name
-    # torchvision's VGG/AlexNet init: kaiming-normal (fan_out, relu) weights, zero biases.
-    kernel_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+    init = layers.Init(rngs)
     c = in_channels
     for i, op in enumerate(self.ops):
       if op.kind == 'conv':
-        setattr(self, f'features_{i}', nnx.Conv(
-            c, op.out, (op.kernel, op.kernel), strides=(op.stride, op.stride),
-            padding=[(op.padding, op.padding)] * 2, kernel_init=kernel_init,
-            bias_init=nnx.initializers.zeros_init(), rngs=rngs))
+        # torchvision's VGG init: kaiming-normal (fan_out, relu) weights, zero biases.
+        self.add_layer(f'features.{i}', layers.Conv2d(
+            c, op.out, op.kernel, op.stride, op.padding,
+            weight_init=init.kaiming_normal('fan_out')))
         c = op.out
       elif op.kind == 'bn':
-        setattr(self, f'features_{i}', nnx.BatchNorm(
-            c, use_running_average=True, momentum=0.9, epsilon=1e-5, rngs=rngs))
+        self.add_layer(f'features.{i}', layers.BatchNorm2d(c))
     self.out_channels = c
-    self.aliases = paper_names(self.ops, block_style)
+    self.aliases = {name: f'features.{i}' for name, i in paper_names(self.ops, block_style).items()}
+    self.num_classes = None
+    self.finish()
+    if self.classifier_ops and num_classes is not None:
+      self.reset_classifier(num_classes, init)
 
-  # --- layer naming -------------------------------------------------------------------------
-  def layer_names(self) -> list[str]:
-    return list(self.aliases) + [f'features.{i}' for i in range(len(self.ops))]
-
-  def resolve(self, layer: str) -> int:
-    """Layer name (paper alias or torchvision path) -> op index. Raises KeyError listing valid ones."""
-    if layer in self.aliases:
-      return self.aliases[layer]
-    if layer.startswith('features.') and layer[9:].isdigit() and int(layer[9:]) < len(self.ops):
-      return int(layer[9:])
-    raise KeyError(f'unknown layer {layer!r} for {self.arch}; valid: {", ".join(self.layer_names())}')
-
-  def describe(self, layer: str) -> str:
-    """What the activation of `layer` is, for results.json."""
-    i = self.resolve(layer)
-    op = self.ops[i]
-    what = {'conv': 'Conv2d output (pre-ReLU)', 'bn': 'BatchNorm output (pre-ReLU)',
-            'relu': 'ReLU output (post-ReLU)', 'pool': 'MaxPool output'}[op.kind]
-    return f'features.{i}: {what}'
-
-  def rf_geometry(self, layer: str) -> tuple[float, float]:
-    """(origin, spacing) of the tap's unit centres in input pixels (see models/geometry.py)."""
-    return geometry.rf_centres(self.ops, self.resolve(layer))
-
-  def channels(self, layer: str) -> int:
-    c = 0
-    for op in self.ops[: self.resolve(layer) + 1]:
-      if op.kind == 'conv':
-        c = op.out
-    return c
-
-  # --- forward ------------------------------------------------------------------------------
-  def __call__(self, images_uint8: jax.Array, taps: Sequence[str]) -> dict[str, jax.Array]:
-    """uint8 RGB NHWC images -> {tap: NHWC float32 activation}; stops after the deepest tap."""
-    want = {self.resolve(t): t for t in taps}
-    x = preprocess(images_uint8, self.preprocessing)
-    out = {}
-    for i, op in enumerate(self.ops[: max(want) + 1]):
+  # --- trunk and head -----------------------------------------------------------------------------
+  def trunk(self, x, rec):
+    for i, op in enumerate(self.ops):
+      path = f'features.{i}'
       if op.kind in ('conv', 'bn'):
-        x = getattr(self, f'features_{i}')(x)
+        x = self.run(rec, path, x, _DESCRIPTIONS[op.kind])
+      elif op.kind == 'relu':
+        x = rec(path, layers.relu(x), _DESCRIPTIONS['relu'])
+      elif op.kind == 'pool':
+        x = rec(path, layers.max_pool(x, op.kernel, op.stride, op.padding, op.ceil_mode),
+                _DESCRIPTIONS['pool'])
+      else:
+        raise ValueError(f'{path}: op kind {op.kind!r} does not belong in a conv trunk')
+    return rec('features', x, f'output of the features Sequential (= features.{len(self.ops) - 1})')
+
+  def head(self, features):
+    x = layers.flatten_nchw(layers.adaptive_avg_pool(features, self.pool_size))
+    for i, op in enumerate(self.classifier_ops):
+      if op.kind == 'linear':
+        x = self.layer(f'classifier.{i}')(x)
       elif op.kind == 'relu':
         x = jax.nn.relu(x)
-      elif op.kind == 'pool':
-        pad = ((0, 0), (op.padding, op.padding), (op.padding, op.padding), (0, 0))
-        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, op.kernel, op.kernel, 1),
-                                  (1, op.stride, op.stride, 1), pad)
-      if i in want:
-        out[want[i]] = x
-    return {t: out[t] for t in taps}
+    return x
+
+  def head_paths(self) -> tuple[str, ...]:
+    return tuple(f'classifier.{i}' for i, op in enumerate(self.classifier_ops)
+                 if op.kind == 'linear')
+
+  def build_head(self, num_classes: int, init: layers.Init) -> None:
+    if not self.classifier_ops:
+      raise ValueError(f'{self.arch} is a bare conv trunk; it has no classifier to build')
+    # torchvision's VGG init for Linear layers: N(0, 0.01) weights, zero biases.
+    width = self.out_channels * self.pool_size ** 2
+    for i, op in enumerate(self.classifier_ops):
+      if op.kind == 'linear':
+        out = op.out or num_classes
+        self.add_layer(f'classifier.{i}', layers.Linear(width, out, weight_init=init.normal(0.01)))
+        width = out
 
 
-vgg16 = functools.partial(ConvStack, vgg_ops(VGG16_CFG), block_style='vgg', name='vgg16')
+vgg16 = functools.partial(ConvStack, vgg_ops(VGG16_CFG), block_style='vgg', name='vgg16',
+                          classifier=VGG_CLASSIFIER, pool_size=7)
+# vgg16_bn only has torch-convention weights (torchvision, CRAFT): RGB, mean/std normalised.
 vgg16_bn = functools.partial(ConvStack, vgg_ops(VGG16_CFG, batch_norm=True), block_style='vgg',
-                             name='vgg16_bn')
+                             preprocessing='torch', name='vgg16_bn', classifier=VGG_CLASSIFIER,
+                             pool_size=7)
 alexnet = functools.partial(ConvStack, ALEXNET_OPS, block_style='alexnet', preprocessing='torch',
-                            name='alexnet')
+                            name='alexnet', classifier=ALEXNET_CLASSIFIER, pool_size=6)

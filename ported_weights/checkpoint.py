@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from models.convstack import PREPROCESSING
+from models.layers import PREPROCESSING, TapModel
 from ported_weights.fetch import WeightsError
 
 MANIFEST_FILE = 'manifest.json'
@@ -121,6 +121,10 @@ def save_checkpoint(model: nnx.Module, ckpt_dir: str | os.PathLike, *, source: s
       'source': source,
       'source_sha256': source_sha256,
       'param_count': param_count(model),
+      # None: trunk only (no classifier head); else its class count (ImageNet 1000, Places 365)
+      'num_classes': getattr(model, 'num_classes', None),
+      # None: the whole trunk; else the last module path the weights cover (CRAFT's VGG16-BN)
+      'trunk_end': getattr(model, 'trunk_end', None),
   }
   staging = ckpt_dir.parent / f'.{ckpt_dir.name}.tmp-{uuid.uuid4().hex[:12]}'
   try:
@@ -159,11 +163,46 @@ def read_manifest(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
   return manifest
 
 
+def saved_num_classes(model: nnx.Module, saved_shapes: Mapping[str, tuple]) -> int | None:
+  """Class count of the checkpoint's classifier (its last layer's width); None if it has none."""
+  head_paths = model.head_paths()
+  if not head_paths:
+    return None
+  kernel = saved_shapes.get(f'{model.attribute(head_paths[-1])}.kernel')
+  return None if kernel is None else int(kernel[-1])
+
+
+def adapt_model(model: nnx.Module, manifest: Mapping[str, Any],
+                saved_shapes: Mapping[str, tuple]) -> None:
+  """Shape `model` like the weights about to be loaded: their input convention, their classifier
+  (a trunk-only file drops the head, Places365 has 365 classes) and their trunk end.
+
+  Preprocessing belongs to the weights, not the architecture: the same vgg16 runs Caffe-convention
+  ImageNet weights, HED's own BGR mean, or torchvision's RGB mean/std.
+  """
+  preprocessing = manifest.get('preprocessing')
+  if preprocessing not in PREPROCESSING:
+    raise WeightsError(f'weights for {manifest.get("arch")} expect unknown preprocessing '
+                       f'{preprocessing!r} (known: {", ".join(PREPROCESSING)})')
+  model.preprocessing = preprocessing
+  if not isinstance(model, TapModel):
+    return
+  try:
+    model.truncate(manifest.get('trunk_end'))
+  except KeyError as e:
+    raise WeightsError(f'weights end at {manifest.get("trunk_end")!r}, which is not a layer of '
+                       f'{model_arch(model)}') from None
+  if model.trunk_end is None:
+    model.reset_classifier(saved_num_classes(model, saved_shapes))
+
+
 def load_into(model: nnx.Module, ckpt_dir: str | os.PathLike) -> dict[str, Any]:
   """Restore a converted checkpoint into an existing model in place; returns its manifest.
 
-  Arch, preprocessing and every variable's shape are checked before anything is restored, so a
-  mismatch leaves the model untouched and says exactly which param does not fit.
+  The arch and every variable's shape are checked before any value is restored, so a mismatch
+  leaves the model's weights untouched and says exactly which param does not fit. Before the
+  check the model takes on the checkpoint's structure (`adapt_model`: preprocessing, head, trunk
+  end), which is part of what the weights are.
   """
   ckpt_dir = Path(ckpt_dir).expanduser()
   manifest = read_manifest(ckpt_dir)
@@ -171,11 +210,6 @@ def load_into(model: nnx.Module, ckpt_dir: str | os.PathLike) -> dict[str, Any]:
   if manifest.get('arch') != arch:
     raise WeightsError(f'{ckpt_dir} holds weights for arch {manifest.get("arch")!r}, '
                        f'not {arch!r}')
-  # Weights are only right for the input convention they were trained with (BGR vs RGB, scale).
-  preprocessing = getattr(model, 'preprocessing', None)
-  if manifest.get('preprocessing') != preprocessing:
-    raise WeightsError(f'{ckpt_dir} expects {manifest.get("preprocessing")!r} preprocessing but the '
-                       f'model uses {preprocessing!r}')
   params_dir = ckpt_dir / PARAMS_DIR
   try:
     with _orbax_quiet():
@@ -183,9 +217,9 @@ def load_into(model: nnx.Module, ckpt_dir: str | os.PathLike) -> dict[str, Any]:
   except Exception as e:  # Orbax raises assorted types for missing/corrupt dirs; one line for all
     raise WeightsError(f'cannot read Orbax checkpoint {params_dir}: {type(e).__name__}: '
                        f'{str(e).splitlines()[0] if str(e) else ""}') from None
-  check_shapes(variable_shapes(model),
-               {name: tuple(meta.shape) for name, meta in _flatten(saved_tree).items()},
-               arch=arch, source=str(ckpt_dir))
+  saved_shapes = {name: tuple(meta.shape) for name, meta in _flatten(saved_tree).items()}
+  adapt_model(model, manifest, saved_shapes)
+  check_shapes(variable_shapes(model), saved_shapes, arch=arch, source=str(ckpt_dir))
 
   state = nnx.state(model, SAVED_VARIABLES)
   # Restore onto the devices the model's arrays already live on (and say so: Orbax warns if not).

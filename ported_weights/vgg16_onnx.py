@@ -45,12 +45,14 @@ _KERAS_CONV_INITIALIZER = re.compile(
 def conv_attributes(model: nnx.Module) -> dict[str, str]:
   """Paper conv name -> attribute holding that conv, e.g. 'conv5_3' -> 'features_28'.
 
-  A paper conv name points at its post-ReLU op; the conv is the nearest 'conv' op before it.
+  A paper conv name points at its post-ReLU op ('features.29'); the conv is the nearest 'conv'
+  op before it.
   """
   attributes = {}
-  for name, relu_index in model.aliases.items():
+  for name, path in model.aliases.items():
     if not name.startswith('conv'):
       continue
+    relu_index = int(path.split('.')[1])
     conv_index = max(i for i in range(relu_index) if model.ops[i].kind == 'conv')
     attributes[name] = f'features_{conv_index}'
   return attributes
@@ -127,7 +129,7 @@ def vgg16_params_from_onnx(onnx_path: str | os.PathLike,
 def convert_vgg16_onnx(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                        source: str | None = None, overwrite: bool = False) -> Path:
   """ONNX file -> converted checkpoint directory for `models.convstack.vgg16`; returns it."""
-  model = vgg16(rngs=nnx.Rngs(0))
+  model = vgg16(rngs=nnx.Rngs(0), num_classes=None)   # the file holds the conv trunk only
   params = vgg16_params_from_onnx(onnx_path, model)
   # assign_params also rejects a model with variables the file does not provide (e.g. BN).
   checkpoint.assign_params(model, params, source=os.fspath(onnx_path))
