@@ -66,34 +66,42 @@ class BrodenDataset:
     """uint8 RGB (ih, iw, 3) at native size; never resized."""
     rec = self.records[i]
     path = self.root / 'images' / rec.image
-    try:
-      with Image.open(path) as im:
-        arr = np.asarray(im.convert('RGB'))
-    except (OSError, SyntaxError, ValueError) as e:
-      raise BrodenFormatError(f'cannot decode image {path}: {e}') from None
-    if arr.shape[:2] != (rec.ih, rec.iw):
-      raise BrodenFormatError(
-          f'image {path} is {arr.shape[1]}x{arr.shape[0]} but index.csv says {rec.iw}x{rec.ih}')
-    return arr
+    return self.decode_image(path, path, rec)
 
   def load_mask(self, rel: str, rec: ImageRecord) -> np.ndarray:
-    """One label layer as int32 global label numbers: R + 256*G (wide ints: no uint8 overflow)."""
     path = self.root / 'images' / rel
+    return self.decode_mask(path, path, rec)
+
+  # Decoding is shared by every storage of the format (files here, records in tfds_broden.py):
+  # `source` is a path or a file-like object, `where` names it in errors.
+  def decode_image(self, source, where, rec: ImageRecord) -> np.ndarray:
     try:
-      with Image.open(path) as im:
+      with Image.open(source) as im:
+        arr = np.asarray(im.convert('RGB'))
+    except (OSError, SyntaxError, ValueError) as e:
+      raise BrodenFormatError(f'cannot decode image {where}: {e}') from None
+    if arr.shape[:2] != (rec.ih, rec.iw):
+      raise BrodenFormatError(
+          f'image {where} is {arr.shape[1]}x{arr.shape[0]} but index.csv says {rec.iw}x{rec.ih}')
+    return arr
+
+  def decode_mask(self, source, where, rec: ImageRecord) -> np.ndarray:
+    """One label layer as int32 global label numbers: R + 256*G (wide ints: no uint8 overflow)."""
+    try:
+      with Image.open(source) as im:
         rgb = np.asarray(im.convert('RGB')).astype(np.int32)
     except (OSError, SyntaxError, ValueError) as e:
-      raise BrodenFormatError(f'cannot decode mask {path}: {e}') from None
+      raise BrodenFormatError(f'cannot decode mask {where}: {e}') from None
     if rgb.shape[:2] != (rec.sh, rec.sw):
       raise BrodenFormatError(
-          f'mask {path} is {rgb.shape[1]}x{rgb.shape[0]} but index.csv says {rec.sw}x{rec.sh}')
+          f'mask {where} is {rgb.shape[1]}x{rgb.shape[0]} but index.csv says {rec.sw}x{rec.sh}')
     labels = rgb[..., 0] + 256 * rgb[..., 1]
     values = np.unique(labels)
     unknown = values[(values >= self.num_labels) |
                      ~self.known[np.minimum(values, self.num_labels - 1)]]
     unknown = unknown[unknown > 0]
     if len(unknown):
-      raise BrodenFormatError(f'mask {path} holds label {int(unknown[0])}, which is not in '
+      raise BrodenFormatError(f'mask {where} holds label {int(unknown[0])}, which is not in '
                               'label.csv')
     return labels
 

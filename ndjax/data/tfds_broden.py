@@ -32,7 +32,6 @@ import uuid
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from ndjax.data.broden import BrodenDataset, BrodenFormatError, ImageRecord, open_broden
@@ -221,37 +220,11 @@ class ArrayRecordBroden(BrodenDataset):
   def load_image(self, i: int) -> np.ndarray:
     """uint8 RGB (ih, iw, 3) at native size, decoded as BrodenDataset decodes the file."""
     rec = self.records[i]
-    where = f'{rec.image} in {self.root}'
-    try:
-      with Image.open(io.BytesIO(self._example(i)['image'])) as im:
-        arr = np.asarray(im.convert('RGB'))
-    except (OSError, SyntaxError, ValueError) as e:
-      raise BrodenFormatError(f'cannot decode image {where}: {e}') from None
-    if arr.shape[:2] != (rec.ih, rec.iw):
-      raise BrodenFormatError(
-          f'image {where} is {arr.shape[1]}x{arr.shape[0]} but index.csv says {rec.iw}x{rec.ih}')
-    return arr
+    return self.decode_image(io.BytesIO(self._example(i)['image']), f'{rec.image} in {self.root}', rec)
 
   def _mask_labels(self, data: bytes, rel: str, rec: ImageRecord) -> np.ndarray:
-    """One label layer as int32 global label numbers, R + 256*G, checked like BrodenDataset's."""
-    where = f'{rel} in {self.root}'
-    try:
-      with Image.open(io.BytesIO(data)) as im:
-        rgb = np.asarray(im.convert('RGB')).astype(np.int32)
-    except (OSError, SyntaxError, ValueError) as e:
-      raise BrodenFormatError(f'cannot decode mask {where}: {e}') from None
-    if rgb.shape[:2] != (rec.sh, rec.sw):
-      raise BrodenFormatError(
-          f'mask {where} is {rgb.shape[1]}x{rgb.shape[0]} but index.csv says {rec.sw}x{rec.sh}')
-    labels = rgb[..., 0] + 256 * rgb[..., 1]
-    values = np.unique(labels)
-    unknown = values[(values >= self.num_labels) |
-                     ~self.known[np.minimum(values, self.num_labels - 1)]]
-    unknown = unknown[unknown > 0]
-    if len(unknown):
-      raise BrodenFormatError(f'mask {where} holds label {int(unknown[0])}, which is not in '
-                              'label.csv')
-    return labels
+    """One label layer as int32 global label numbers, checked like BrodenDataset's."""
+    return self.decode_mask(io.BytesIO(data), f'{rel} in {self.root}', rec)
 
   def load_labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
     """-> (layers int32 (L, sh, sw) of global label numbers, image-level labels int32 (I,))."""
