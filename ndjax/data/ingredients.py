@@ -36,6 +36,8 @@ import tarfile
 import tempfile
 import zipfile
 
+from ported_weights.fetch import sha256_of_file
+
 logger = logging.getLogger(__name__)
 
 APT_TIMEOUT_S = 600
@@ -126,12 +128,6 @@ class Ingredients:
 
 
 # --------------------------------------------------------------------------------------------------
-def sha256_of_file(path: str | os.PathLike) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def content_digest(root: pathlib.Path, relative_paths) -> str:
