@@ -141,7 +141,13 @@ def dissect(model, ds: BrodenDataset, cfg: DissectConfig) -> DissectOutput:
       mats[key, l] = (jnp.asarray(wy), jnp.asarray(wx))
 
   store = None
-  if cfg.checkpoint_dir and (cfg.checkpoint_every > 0 or cfg.resume):
+  if jax.process_count() > 1 and (cfg.checkpoint_every > 0 or cfg.resume):
+    # Orbax's savers coordinate all processes on one shared path, while this state is
+    # host-local per process: multi-process runs are not checkpointed (single-process ones are).
+    if cfg.resume:
+      raise DissectError('--resume works for single-process runs only; rerun without it')
+    cfg = dataclasses.replace(cfg, checkpoint_every=0)
+  elif cfg.checkpoint_dir and (cfg.checkpoint_every > 0 or cfg.resume):
     identity = dict(cfg.identity or {}, layers=list(layers), tau=cfg.tau, upsample=cfg.upsample,
                     batch_size=cfg.batch_size, images=len(ds.records),
                     processes=jax.process_count(), topk=cfg.topk)
