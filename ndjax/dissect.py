@@ -33,7 +33,7 @@ class DissectConfig:
   layers: Sequence[str]
   tau: float = 0.005
   upsample: str = 'rf'
-  batch_size: int = 16
+  batch_size: int = 8
   cache_gb: float = 4.0
   cache_dir: str | None = tempfile.gettempdir()   # None: recompute what does not fit in memory
   skip_bad_images: bool = False

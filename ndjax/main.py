@@ -42,7 +42,7 @@ flags.DEFINE_enum('upsample', 'rf', ['rf', 'center'], "'rf': bilinear anchored a
                   "centres (the paper); 'center': plain bilinear, align_corners=False (NetDissect-Lite).")
 flags.DEFINE_enum('denominator', 'paper', ['paper', 'lite'], "IoU union over images relevant to the "
                   "label's category ('paper', original NetDissect) or NetDissect-Lite's variant.")
-flags.DEFINE_integer('batch_size', 16, 'Images per forward batch.')
+flags.DEFINE_integer('batch_size', 8, 'Images per forward batch (8 measured fastest for XLA:CPU here, see benchmarks/RESULTS.md).')
 flags.DEFINE_string('outdir', './ndjax_results', 'Output root directory.')
 flags.DEFINE_string('run_name', None, 'Run folder name. Default <model>_<weights>, plus _s<seed> '
                     'for random weights.')
