@@ -31,7 +31,7 @@ def _quiet():
 class StateStore:
 
   def __init__(self, root: str, process_index: int, identity: dict):
-    self.dir = os.path.join(root, f'process_{process_index}')
+    self.dir = os.path.join(os.path.abspath(root), f'process_{process_index}')  # Orbax: absolute
     self.identity = identity
     self.seq = 0
 

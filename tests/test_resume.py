@@ -89,9 +89,10 @@ def test_sigkill_and_resume_is_bit_identical(dataset, tmp_path):
     np.testing.assert_array_equal(a[layer][3], b[layer][3])
 
 
-def test_resume_refuses_another_run(dataset, tmp_path):
+def test_resume_refuses_another_run(dataset, tmp_path, monkeypatch):
   from ndjax import resume
-  store = resume.StateStore(str(tmp_path / 'ck'), 0, {'tau': 0.02})
+  monkeypatch.chdir(tmp_path)                 # a relative checkpoint dir, as --outdir's default is
+  store = resume.StateStore('ck', 0, {'tau': 0.02})
   store.save({'phase': np.array(1)})
   other = resume.StateStore(str(tmp_path / 'ck'), 0, {'tau': 0.005})
   with pytest.raises(resume.ResumeError, match='different run .*tau'):
