@@ -89,6 +89,7 @@ def atomic_write(path: str, text: str) -> None:
   directory = os.path.dirname(path) or '.'
   fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=directory)
   try:
+    os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; outputs are ordinary files
     with os.fdopen(fd, 'w', newline='') as f:
       f.write(text)
     os.replace(tmp, path)
@@ -96,6 +97,12 @@ def atomic_write(path: str, text: str) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def tally_csv(labels: UnitLabels, counts: iou_lib.Counts, ds: BrodenDataset) -> str:

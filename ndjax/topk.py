@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ndjax import upsample
+from ndjax import tally, upsample
 
 
 @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -91,6 +91,7 @@ class TopImages:
     np.savez_compressed(buf, images=self.images, values=self.values, maps=self.maps,
                         map_hw=self.map_hw)
     fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=os.path.dirname(path) or '.')
+    os.chmod(tmp, 0o666 & ~tally._umask())      # mkstemp makes 0600; outputs are ordinary files
     with os.fdopen(fd, 'wb') as f:
       f.write(buf.getvalue())
     os.replace(tmp, path)
