@@ -24,11 +24,10 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
 
 from absl import app, flags
 
-from ndjax import report
+from ndjax import report, tally
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', './ndjax_compare', 'Directory for the figures and compare.json.')
@@ -161,18 +160,6 @@ def plot(title: str, bars: list[tuple[str, LayerResult]], categories: list[str])
   return fig
 
 
-def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=path.parent)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def compare(paths, out: str | os.PathLike) -> list[pathlib.Path]:
   """Write every figure (PNG + SVG) and compare.json to `out`; return the paths written."""
   import matplotlib
@@ -192,14 +179,14 @@ def compare(paths, out: str | os.PathLike) -> list[pathlib.Path]:
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=130, metadata={'Date': None} if fmt == 'svg' else None)
         path = out / f'{stem}.{fmt}'
-        _atomic_write_bytes(path, buf.getvalue())
+        tally.atomic_write(path, buf.getvalue())
         written.append(path)
       numbers[stem] = {'title': title, 'bars': [
           {'label': label, 'run': r.run, 'layer': r.layer, 'path': str(r.path.resolve()),
            'unique_detectors': {c: r.unique_detectors.get(c, 0) for c in categories},
            'total': r.total} for label, r in bars]}
   path = out / 'compare.json'
-  _atomic_write_bytes(path, json.dumps(numbers, indent=1).encode())
+  tally.atomic_write(path, json.dumps(numbers, indent=1).encode())
   return written + [path]
 
 

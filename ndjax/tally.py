@@ -84,14 +84,15 @@ def tally_rows(labels: UnitLabels, counts: iou_lib.Counts, ds: BrodenDataset) ->
   return header, rows
 
 
-def atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, data: str | bytes) -> None:
   """Write to a temporary file in the same directory, then rename: never a half-written file."""
-  directory = os.path.dirname(path) or '.'
+  directory = os.path.dirname(str(path)) or '.'
   fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=directory)
   try:
     os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; outputs are ordinary files
-    with os.fdopen(fd, 'w', newline='') as f:
-      f.write(text)
+    with os.fdopen(fd, 'wb' if isinstance(data, bytes) else 'w',
+                   **({} if isinstance(data, bytes) else {'newline': ''})) as f:
+      f.write(data)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -90,11 +88,7 @@ class TopImages:
     buf = io.BytesIO()
     np.savez_compressed(buf, images=self.images, values=self.values, maps=self.maps,
                         map_hw=self.map_hw)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=os.path.dirname(path) or '.')
-    os.chmod(tmp, 0o666 & ~tally._umask())      # mkstemp makes 0600; outputs are ordinary files
-    with os.fdopen(fd, 'wb') as f:
-      f.write(buf.getvalue())
-    os.replace(tmp, path)
+    tally.atomic_write(path, buf.getvalue())
 
 
 def unit_mask(act_map: np.ndarray, threshold: float, image_hw, mask_hw, mode: str,
