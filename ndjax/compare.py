@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import io
 import json
 import logging
 import os
 import pathlib
 import re
-import sys
 
 from absl import app, flags
 
-from ndjax import report, tally
+from ndjax import cli, report, tally
+
+PROG = 'ndjax.compare'
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', './ndjax_compare', 'Directory for the figures and compare.json.')
@@ -196,34 +198,23 @@ def summary_lines(results: list[LayerResult]) -> list[str]:
           ', '.join(f'{c} {r.unique_detectors.get(c, 0)}' for c in categories) for r in results]
 
 
-def _fail(message: str) -> None:
-  print(f'ndjax.compare: error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _parse(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad flag is one line on stderr instead of a usage dump."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-
-
 def main(argv: list[str]) -> None:
   # keep library INFO chatter (backend probing, font cache) off the user's terminal
   logging.getLogger().setLevel(logging.WARNING)
   for name in ('absl', 'jax', 'matplotlib'):
     logging.getLogger(name).setLevel(logging.WARNING)
   if len(argv) < 2:
-    _fail('give one or more result folders: run folders (<outdir>/<run>) or layer folders')
+    cli.fail('give one or more result folders: run folders (<outdir>/<run>) or layer folders',
+             PROG)
   try:
     for line in summary_lines(load(argv[1:])):
       print(line)
     for path in compare(argv[1:], FLAGS.out):
       print(f'wrote {path}')
   except CompareError as e:
-    _fail(str(e))
+    cli.fail(str(e), PROG)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, allow_positional=True,
+                                                     prog=PROG))

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import csv
 import pathlib
-import sys
 
 from absl import app, flags
+
+from ndjax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('probe', None, ['synthetic', 'composite', 'voc_smoke'],
@@ -31,22 +32,6 @@ flags.DEFINE_integer('seed', 0, 'Random seed; the same seed gives byte-identical
 flags.DEFINE_integer('workers', None, 'Rendering processes (default: up to 2).', lower_bound=1)
 flags.DEFINE_bool('progress', True, 'Show a progress bar on stderr.')
 flags.mark_flags_as_required(['probe', 'out'])
-
-
-def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _parse(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad flag is one line on stderr instead of a usage dump."""
-  try:
-    rest = FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-  if len(rest) > 1:
-    _fail(f'unexpected arguments: {" ".join(rest[1:])}')
-  return rest
 
 
 def summary_line(path: pathlib.Path) -> str:
@@ -83,13 +68,13 @@ def main(argv: list[str]) -> None:
   from ndjax.data.ingredients import IngredientError
   out = pathlib.Path(FLAGS.out)
   if out.exists():
-    _fail(f'{out} already exists; choose a new --out')
+    cli.fail(f'{out} already exists; choose a new --out')
   try:
     path = _build(out)
   except (OSError, ValueError, IngredientError) as e:
-    _fail(' '.join(str(e).split()) or type(e).__name__)
+    cli.fail(' '.join(str(e).split()) or type(e).__name__)
   print(summary_line(path))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ndjax import cli
 from ndjax.data.broden import BrodenDataset, BrodenFormatError, ImageRecord, open_broden
 
 TFDS_NAME = 'ndjax_broden'           # the builder's registered name and its folder in a copy
@@ -286,20 +287,6 @@ def _main() -> None:
   flags.mark_flags_as_required(['src', 'out'])
   FLAGS = flags.FLAGS
 
-  def fail(message: str) -> None:
-    print(f'error: {" ".join(message.split())}', file=sys.stderr)
-    sys.exit(2)
-
-  def parse(argv: list[str]) -> list[str]:
-    # absl's parser, but a bad flag is one line on stderr instead of a usage dump
-    try:
-      rest = FLAGS(argv)
-    except flags.Error as e:
-      fail(str(e).splitlines()[0])
-    if len(rest) > 1:
-      fail(f'unexpected arguments: {" ".join(rest[1:])}')
-    return rest
-
   def main(argv: list[str]) -> None:
     del argv
     if not FLAGS['verbosity'].present:
@@ -307,11 +294,11 @@ def _main() -> None:
     try:
       out = build_array_record(FLAGS.src, FLAGS.out, progress=FLAGS.progress)
     except (OSError, ValueError) as e:      # BrodenFormatError is a ValueError
-      fail(str(e) or type(e).__name__)
+      cli.fail(str(e) or type(e).__name__)
     n_images = len(json.loads((out / METADATA_FILE).read_text())['records'])
     print(f'{out}: {n_images} images in array_record, {_folder_size(out) / 2**20:.1f} MiB')
 
-  app.run(main, flags_parser=parse)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':
