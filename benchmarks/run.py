@@ -113,8 +113,8 @@ def load(key: str):
 # --- workers (run as `run.py worker_<name> ...` in their own process) -----------------------------
 def build_ndjax_vgg16():
   """The CLI's model: ndjax VGG16 with the ImageNet trunk weights."""
-  import models
-  import ported_weights.registry as registry
+  from ndjax import models
+  import ndjax.ported_weights.registry as registry
   model = models.build('vgg16')
   try:
     registry.load_weights(model, 'imagenet')
@@ -259,7 +259,7 @@ def worker_e2e(args) -> None:
   t_start, c_start = time.perf_counter(), time.process_time()
   import jax
   from ndjax import dissect as dissect_lib
-  from ndjax import tally
+  from ndjax import fileio, tally
   from ndjax.data import broden
   layers = args.layers.split(',')
   ds = broden.open_broden(args.dataset)
@@ -280,8 +280,8 @@ def worker_e2e(args) -> None:
     os.makedirs(layer_dir, exist_ok=True)
     if res.top is not None:
       res.top.save(os.path.join(layer_dir, 'topk.npz'))
-    tally.atomic_write(os.path.join(layer_dir, 'tally.csv'), tally.tally_csv(labels, res.counts, ds))
-    tally.atomic_write(os.path.join(layer_dir, 'results.json'), tally.results_json(
+    fileio.atomic_write(os.path.join(layer_dir, 'tally.csv'), tally.tally_csv(labels, res.counts, ds))
+    fileio.atomic_write(os.path.join(layer_dir, 'results.json'), tally.results_json(
         meta, {'layer': l, 'activation': res.description}, labels, res.thresholds, ds, 0.04))
     print(tally.summary_line(l, labels, ds, 0.04), flush=True)
   t_end, c_end = time.perf_counter(), time.process_time()
@@ -476,8 +476,8 @@ def machine_facts(threads: int) -> dict:
 
 
 def probe_set(n: int) -> str:
-  from ndjax.data import synthetic
-  from ported_weights.fetch import cache_root
+  from ndjax.probes import synthetic
+  from ndjax.fileio import cache_root
   return str(synthetic.ensure_probe_set(cache_root(), n_images=n, seed=0, progress=False))
 
 
@@ -757,7 +757,7 @@ def main() -> None:
     args = parser.parse_args()
     args.rf = None
     if sub == 'worker_parity':      # rf geometry of the taps, from ndjax's model (no weights)
-      import models
+      from ndjax import models
       model = models.build('vgg16')
       args.rf = {l: model.rf_geometry(l) for l in args.layers.split(',')}
     globals()[sub](args)

@@ -3,7 +3,7 @@ r"""Network Dissection in plain, fast PyTorch: the baseline ndjax is benchmarked
   python benchmarks/torch_reference.py --state_dict=vgg16_features.pt \
       --dataset=~/.cache/ndjax/probe/synthetic_v1_n1000_s0 --layers=conv5_3 --out=DIR
 
-The SAME algorithm as ndjax (shared/reference/dissection_semantics.md), written the way a careful
+The SAME algorithm as ndjax (the semantics in README.md, "What is computed"), written the way a careful
 PyTorch user would write it, so that the comparison is against a strong baseline, not a straw man:
   * torchvision's VGG16 `features` in `inference_mode`, channels_last, batched, `set_num_threads`;
   * pass 1: forward, exact per-unit threshold T_k = numpy.quantile(values, 1 - tau) from a running

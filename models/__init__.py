@@ -5,7 +5,7 @@ All models share the contract of `models.layers.TapModel`: `model(images_uint8_n
 """
 from __future__ import annotations
 
-from models import convstack, densenet, googlenet, mobilenet, resnet
+from ndjax.models import convstack, densenet, googlenet, mobilenet, resnet
 
 MODELS = {
     'alexnet': convstack.alexnet,

@@ -15,8 +15,8 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from models import layers
-from models.layers import PREPROCESSING, preprocess  # noqa: F401  (re-exported: public names)
+from ndjax.models import layers
+from ndjax.models.layers import PREPROCESSING, preprocess  # noqa: F401  (re-exported: public names)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from flax import nnx
 
-from models import layers
+from ndjax.models import layers
 
 class DenseNet(layers.TapModel):
 

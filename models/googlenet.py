@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from models import layers
+from ndjax.models import layers
 
 # (in, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj), torchvision's table.
 INCEPTIONS = {

@@ -11,7 +11,7 @@ three purposes:
 
 Parameters live in flat attributes named after their torchvision module path with dots replaced by
 underscores (`layer1.0.conv1` -> `layer1_0_conv1`), so a torchvision state_dict key maps to a
-checkpoint name by one rule (see `ported_weights.torch_state`).
+checkpoint name by one rule (see `ndjax.ported_weights.torch_state`).
 """
 from __future__ import annotations
 

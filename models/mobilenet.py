@@ -13,7 +13,7 @@ import functools
 
 from flax import nnx
 
-from models import layers
+from ndjax.models import layers
 
 # t (expansion), c (output channels), n (blocks), s (first block's stride): torchvision's table.
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from flax import nnx
 
-from models import layers
+from ndjax.models import layers
 
 def caffe_block_names(stage: int, blocks: int) -> list[str]:
   """Caffe ResNet blob names of a stage: res2a, res2b, ... or, past 6 blocks, res4a, res4b1, ..."""

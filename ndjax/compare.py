@@ -27,7 +27,7 @@ import re
 
 from absl import app, flags
 
-from ndjax import cli, report, tally
+from ndjax import cli, fileio, report
 
 PROG = 'ndjax.compare'
 
@@ -181,14 +181,14 @@ def compare(paths, out: str | os.PathLike) -> list[pathlib.Path]:
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=130, metadata={'Date': None} if fmt == 'svg' else None)
         path = out / f'{stem}.{fmt}'
-        tally.atomic_write(path, buf.getvalue())
+        fileio.atomic_write(path, buf.getvalue())
         written.append(path)
       numbers[stem] = {'title': title, 'bars': [
           {'label': label, 'run': r.run, 'layer': r.layer, 'path': str(r.path.resolve()),
            'unique_detectors': {c: r.unique_detectors.get(c, 0) for c in categories},
            'total': r.total} for label, r in bars]}
   path = out / 'compare.json'
-  tally.atomic_write(path, json.dumps(numbers, indent=1).encode())
+  fileio.atomic_write(path, json.dumps(numbers, indent=1).encode())
   return written + [path]
 
 

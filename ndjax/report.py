@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from ndjax import tally, upsample
+from ndjax import fileio, tally, upsample
 from ndjax.data import broden, open_dataset
 
 REPORT_NAME = 'report.html'
@@ -441,7 +441,7 @@ def write_report(layer_dir, k: int = 10) -> pathlib.Path:
     ds, note = _open_probe(results)
   k = min(k, top['images'].shape[1]) if top is not None else k
   path = layer_dir / REPORT_NAME
-  tally.atomic_write(str(path), render(results, top, ds, k, note))
+  fileio.atomic_write(str(path), render(results, top, ds, k, note))
   return path
 
 

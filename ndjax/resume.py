@@ -24,7 +24,7 @@ class ResumeError(ValueError):
 
 
 def _quiet():
-  from ported_weights.checkpoint import _orbax_quiet
+  from ndjax.ported_weights.checkpoint import _orbax_quiet
   return _orbax_quiet()
 
 

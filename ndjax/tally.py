@@ -8,8 +8,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
-import tempfile
 
 import numpy as np
 
@@ -82,28 +80,6 @@ def tally_rows(labels: UnitLabels, counts: iou_lib.Counts, ds: BrodenDataset) ->
                   f'{cat}-iou': float(labels.iou[u, lab])})
     rows.append(row)
   return header, rows
-
-
-def atomic_write(path: str, data: str | bytes) -> None:
-  """Write to a temporary file in the same directory, then rename: never a half-written file."""
-  directory = os.path.dirname(str(path)) or '.'
-  fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=directory)
-  try:
-    os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; outputs are ordinary files
-    with os.fdopen(fd, 'wb' if isinstance(data, bytes) else 'w',
-                   **({} if isinstance(data, bytes) else {'newline': ''})) as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
 
 
 def tally_csv(labels: UnitLabels, counts: iou_lib.Counts, ds: BrodenDataset) -> str:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ndjax import tally, upsample
+from ndjax import fileio, upsample
 
 
 @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -88,7 +88,7 @@ class TopImages:
     buf = io.BytesIO()
     np.savez_compressed(buf, images=self.images, values=self.values, maps=self.maps,
                         map_hw=self.map_hw)
-    tally.atomic_write(path, buf.getvalue())
+    fileio.atomic_write(path, buf.getvalue())
 
 
 def unit_mask(act_map: np.ndarray, threshold: float, image_hw, mask_hw, mode: str,

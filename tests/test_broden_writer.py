@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from ndjax.data import broden
-from ndjax.data.broden_writer import BrodenWriter
+from ndjax.probes.broden_writer import BrodenWriter
 
 THINGS = [f'thing{i:03d}' for i in range(300)]   # enough labels that numbers pass 255
 LABELS = ['red-c', 'blue-c', 'house', 'roof', 'window', 'fabric', 'street-s', 'striped', 'rare-s'] + THINGS

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ndjax.data import colors
+from ndjax.probes import colors
 
 # Unambiguous examples of each basic term (CSS / X11 definitions of the colour names).
 PURE = {

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from ndjax import compare
-from tests.test_report import REPO, dissected_runs
+from tests.conftest import REPO, dissected_runs
 
 
 @pytest.fixture(scope='module')

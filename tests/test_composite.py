@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from ndjax.data import broden, composite, contact_sheet, ingredients, synthetic
+from ndjax.data import broden
+from ndjax.probes import composite, contact_sheet, ingredients, synthetic
 
 N_IMAGES = 40
 # flat-coloured cut-outs with hard alpha, so every pixel a cut-out covers shows its exact colour
@@ -294,7 +295,7 @@ def test_resolve_default_probe_returns_the_cached_composite_set(tmp_path, monkey
 
 def test_build_cli_reports_unfetchable_ingredients_in_one_line(tmp_path):
   env = dict(os.environ, PATH=str(tmp_path / 'no-tools'), NDJAX_CACHE=str(tmp_path / 'cache'))
-  result = subprocess.run([sys.executable, '-m', 'ndjax.data.build', '--probe=composite',
+  result = subprocess.run([sys.executable, '-m', 'ndjax.probes.build', '--probe=composite',
                            f'--out={tmp_path / "set"}', '--noprogress'], capture_output=True,
                           text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
   assert result.returncode == 2 and result.stdout == ''

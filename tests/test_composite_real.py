@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ndjax.data import broden, composite, composite_catalogue, contact_sheet, ingredients
-from ported_weights.fetch import cache_root
+from ndjax.data import broden
+from ndjax.probes import composite, composite_catalogue, contact_sheet, ingredients
+from ndjax.fileio import cache_root
 
 
 @pytest.fixture(scope='module')

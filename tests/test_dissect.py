@@ -2,14 +2,14 @@
 import numpy as np
 from flax import nnx
 
-from models import convstack
+from ndjax.models import convstack
 from ndjax import dissect
 from ndjax.data import broden
-from tests.test_iou import CATS, LABELS, _random_images
+from tests.conftest import CATS, LABELS, random_images
 
 
 def test_cache_modes_and_batching_agree(broden_factory, tmp_path):
-  ds = broden.open_broden(broden_factory(CATS, LABELS, _random_images(np.random.default_rng(5), 11)))
+  ds = broden.open_broden(broden_factory(CATS, LABELS, random_images(np.random.default_rng(5), 11)))
   ops = (convstack.Op('conv', 6, 3, 1, 1), convstack.Op('relu'), convstack.Op('pool', kernel=2, stride=2))
   model = convstack.ConvStack(ops, preprocessing='none', rngs=nnx.Rngs(2))
   base = dict(layers=('features.1', 'features.2'), tau=0.1, progress=False)

@@ -7,9 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+from tests.conftest import CATS, LABELS, make_broden, random_images
 
-from tests.conftest import make_broden
-from tests.test_iou import CATS, LABELS, _random_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ['--model=vgg16', '--weights=random', '--seed=2', '--layers=conv3_3,conv5_3',
@@ -19,7 +18,7 @@ ARGS = ['--model=vgg16', '--weights=random', '--seed=2', '--layers=conv3_3,conv5
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
   rng = np.random.default_rng(11)
-  return make_broden(tmp_path_factory.mktemp('dist') / 'broden', CATS, LABELS, _random_images(rng, 21))
+  return make_broden(tmp_path_factory.mktemp('dist') / 'broden', CATS, LABELS, random_images(rng, 21))
 
 
 def _env(devices):

@@ -13,8 +13,8 @@ import zipfile
 
 import pytest
 
-from ndjax.data import composite_catalogue, ingredients
-from ported_weights.fetch import cache_root
+from ndjax.probes import composite_catalogue, ingredients
+from ndjax.fileio import cache_root
 
 DEB_FILES = {'usr/share/pkg/data/a.png': b'stamp-a', 'usr/share/pkg/data/sub/b.png': b'stamp-b',
              'usr/share/pkg/data/a.ogg': b'sound', 'usr/share/doc/pkg/copyright': b'GPL-2'}

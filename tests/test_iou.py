@@ -3,59 +3,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from models import convstack
+from ndjax.models import convstack
 from ndjax import dissect, iou, tally
 from ndjax.data import broden
-
-CATS = ['color', 'object', 'part', 'material', 'scene', 'texture']
-LABELS = {1: ('red-c', 'color'), 2: ('green-c', 'color'), 3: ('blue-c', 'color'),
-          4: ('car', 'object'), 5: ('tree', 'object'), 6: ('house', 'object'), 7: ('sky', 'object'),
-          8: ('wheel', 'part'), 9: ('roof', 'part'), 10: ('door', 'part'),
-          11: ('wood', 'material'), 12: ('street-s', 'scene'), 13: ('beach-s', 'scene'),
-          14: ('striped', 'texture'), 15: ('dotted', 'texture')}
-SIZES = [((40, 40), (20, 20)), ((36, 44), (18, 22))]
-
-
-def _random_images(rng, n):
-  items = []
-  for i in range(n):
-    (ih, iw), (sh, sw) = SIZES[i % 2]
-    item = {'image': rng.integers(0, 256, (ih, iw, 3), dtype=np.uint8), 'masks': {},
-            'image_labels': {}}
-    blob = lambda labels: np.where(rng.random((sh, sw)) < 0.5,
-                                   rng.choice(labels, (sh, sw)), 0).astype(np.int32)
-    kind = i % 4        # like Broden: images carry different subsets of categories
-    if kind in (0, 1):
-      item['masks']['color'] = [blob([1, 2, 3])]
-    if kind in (0, 2):
-      item['masks']['object'] = [blob([4, 5, 6, 7])]
-      item['masks']['part'] = [blob([8, 9]), blob([9, 10])]        # two part layers
-    if kind == 3:
-      item['masks']['material'] = [blob([11])]
-      item['image_labels']['texture'] = [int(rng.choice([14, 15]))]
-    if kind in (0, 2):
-      item['image_labels']['scene'] = [int(rng.choice([12, 13])), 0]   # 0 = dropped label
-    items.append(item)
-  return items
-
-
-def _bilinear_by_hand(a, image_hw, mask_hw, rf):
-  """(h, w) -> (sh, sw) reading each mask pixel's four neighbours, one pixel at a time."""
-  (h, w), (sh, sw) = a.shape, mask_hw
-  origin, spacing = rf
-  out = np.zeros((sh, sw))
-  def pos(m, size_img, size_mask, n):
-    p = ((m + 0.5) * size_img / size_mask - origin) / spacing
-    p = min(max(p, 0.0), n - 1)
-    lo = int(np.floor(p))
-    return lo, min(lo + 1, n - 1), p - lo
-  for y in range(sh):
-    y0, y1, fy = pos(y, image_hw[0], sh, h)
-    for x in range(sw):
-      x0, x1, fx = pos(x, image_hw[1], sw, w)
-      out[y, x] = ((1 - fy) * ((1 - fx) * a[y0, x0] + fx * a[y0, x1]) +
-                   fy * ((1 - fx) * a[y1, x0] + fx * a[y1, x1]))
-  return out
+from tests.conftest import CATS, LABELS, bilinear_by_hand, random_images
 
 
 def _brute_force(model, ds, layer, tau):
@@ -69,7 +20,7 @@ def _brute_force(model, ds, layer, tau):
   for i, rec in enumerate(ds.records):
     layers, img_labels = ds.load_labels(i)
     rf = model.rf_geometry(layer)
-    masks = np.stack([_bilinear_by_hand(acts[i][..., u], (rec.ih, rec.iw), (rec.sh, rec.sw), rf)
+    masks = np.stack([bilinear_by_hand(acts[i][..., u], (rec.ih, rec.iw), (rec.sh, rec.sw), rf)
                       > thr[u] for u in range(k)])                        # (k, sh, sw)
     size = masks.sum(axis=(1, 2))
     present_cats = set(int(ds.primary[c]) for c in np.unique(layers) if c > 0)
@@ -92,7 +43,7 @@ def _brute_force(model, ds, layer, tau):
 @pytest.mark.parametrize('batch_size,tau', [(4, 0.05), (3, 0.2)])
 def test_counts_equal_brute_force(broden_factory, batch_size, tau):
   rng = np.random.default_rng(batch_size)
-  root = broden_factory(CATS, LABELS, _random_images(rng, 14))
+  root = broden_factory(CATS, LABELS, random_images(rng, 14))
   ds = broden.open_broden(root)
   ops = (convstack.Op('conv', 5, 3, 2, 0), convstack.Op('relu'), convstack.Op('pool', kernel=2, stride=2))
   model = convstack.ConvStack(ops, preprocessing='none', rngs=nnx.Rngs(1))

@@ -125,7 +125,7 @@ def test_wrong_weights(dataset, tmp_path):
   r = ndjax(f'--weights={tmp_path / "nothing"}', f'--dataset={dataset}', f'--outdir={tmp_path / "o"}')
   _assert_one_line_error(r, 'unknown weights')
   # a real checkpoint of another architecture: vgg16_bn weights into vgg16
-  code = ('import models; from ported_weights import checkpoint; '
+  code = ('from ndjax import models; from ndjax.ported_weights import checkpoint; '
           f'checkpoint.save_checkpoint(models.build("vgg16_bn"), r"{tmp_path / "bn"}", '
           'source="test", source_sha256="0")')
   subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO, capture_output=True)

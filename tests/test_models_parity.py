@@ -16,103 +16,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import models
-from models import geometry, layers
+from ndjax import models
+from ndjax.models import geometry
 from ndjax import activations
-from ported_weights import torch_state
-from tests.test_vgg16_port import photo_like_images
+from tests.conftest import IMAGE_HW, TORCH_MODELS, perturbed_torch_model, photo_like_images, ported, relative_error, torch_outputs
 
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
 
 PARITY_RTOL = 1e-4
-# Odd, non-square inputs exercise ceil_mode's partial windows, asymmetric sizes and adaptive pools
-# that enlarge (VGG's 7x7 avgpool over a 4x3 map).
-IMAGE_HW = (131, 117)
-
-TORCH_MODELS = {
-    'alexnet': lambda: torchvision.models.alexnet(weights=None),
-    'vgg16': lambda: torchvision.models.vgg16(weights=None),
-    'vgg16_bn': lambda: torchvision.models.vgg16_bn(weights=None),
-    # transform_input=True is what torchvision's ImageNet GoogLeNet runs (and ndjax's default)
-    'googlenet': lambda: torchvision.models.googlenet(weights=None, aux_logits=False,
-                                                      transform_input=True, init_weights=True),
-    'resnet18': lambda: torchvision.models.resnet18(weights=None),
-    'resnet50': lambda: torchvision.models.resnet50(weights=None),
-    'resnet152': lambda: torchvision.models.resnet152(weights=None),
-    'densenet161': lambda: torchvision.models.densenet161(weights=None),
-    'mobilenet_v2': lambda: torchvision.models.mobilenet_v2(weights=None),
-}
-# Module paths after the spatial trunk (pooling to a vector, the classifier): not taps.
-HEAD_MODULES = {
-    'alexnet': ('avgpool', 'classifier'), 'vgg16': ('avgpool', 'classifier'),
-    'vgg16_bn': ('avgpool', 'classifier'), 'googlenet': ('avgpool', 'dropout', 'fc'),
-    'resnet18': ('avgpool', 'fc'), 'resnet50': ('avgpool', 'fc'), 'resnet152': ('avgpool', 'fc'),
-    'densenet161': ('classifier',), 'mobilenet_v2': ('classifier',),
-}
-# Taps that are no torch module: path -> how to get them from the captured module outputs.
-NON_MODULE_TAPS = {'densenet161': {'relu5': lambda captured: torch.relu(captured['features'])}}
-
-
-def torch_input(images: np.ndarray) -> 'torch.Tensor':
-  """torchvision's normalisation, done in float32 the way models.layers.preprocess does it."""
-  p = layers.PREPROCESSING['torch']
-  x = images.astype(np.float32) * np.float32(p['scale'])
-  x = (x - np.asarray(p['mean'], np.float32)) / np.asarray(p['std'], np.float32)
-  return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def perturbed_torch_model(arch: str, seed: int = 0):
-  """torchvision's randomly initialised model with every BatchNorm tensor perturbed a little:
-  enough that a swapped or misplaced BN tensor shows (errors of percents), little enough to keep
-  torchvision's default conditioning (a deep random net whose BNs renormalise every branch
-  amplifies float32 rounding: ResNet-152's layer4 then differs from float64 by 1e-3 in torch
-  itself).
-  """
-  torch.manual_seed(seed)
-  model = TORCH_MODELS[arch]()
-  with torch.no_grad():
-    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-      bn.weight.uniform_(0.8, 1.2)
-      bn.bias.normal_(0.0, 0.1)
-      bn.running_mean.normal_(0.0, 0.1)
-      bn.running_var.uniform_(0.8, 1.25)
-  return model.eval()
-
-
-def torch_outputs(model, arch: str, images: np.ndarray) -> tuple[dict, np.ndarray]:
-  """({module path: NHWC numpy output of its last call}, logits) for the trunk's modules."""
-  captured = {}
-
-  def keep(name):
-    def hook(module, inputs, output):
-      # clone now: an in-place ReLU after this module would otherwise rewrite what we keep
-      captured[name] = output.detach().clone()
-    return hook
-
-  handles = [module.register_forward_hook(keep(name)) for name, module in model.named_modules()
-             if name and name.split('.')[0] not in HEAD_MODULES[arch]]
-  with torch.no_grad():
-    logits = model(torch_input(images)).numpy()
-  for handle in handles:
-    handle.remove()
-  for path, derive in NON_MODULE_TAPS.get(arch, {}).items():
-    captured[path] = derive(captured)
-  return {k: v.numpy().transpose(0, 2, 3, 1) for k, v in captured.items()}, logits
-
-
-def ported(arch: str, torch_model):
-  """ndjax model with the torch model's weights, through the state_dict converter."""
-  model = models.build(arch, seed=1)
-  state = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
-  torch_state.load_state_dict(model, state, source='torch model')
-  return model
-
-
-def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
-  scale = float(np.abs(ref).max())
-  diff = float(np.abs(ours - ref).max())
-  return diff / scale if scale > 0 else diff
 
 
 @pytest.mark.parametrize('arch', list(TORCH_MODELS))

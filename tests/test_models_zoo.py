@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import models
+from ndjax import models
 from ndjax import activations, dissect, upsample
-from ndjax.data import broden, synthetic
+from ndjax.data import broden
+from ndjax.probes import synthetic
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from models import convstack
+from ndjax.models import convstack
 from ndjax import dissect, tally
 from ndjax.data import broden
 

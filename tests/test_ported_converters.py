@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import models
+from ndjax import models
 from ndjax import activations
-from ported_weights import checkpoint, formats, registry, torch_state
-from ported_weights.fetch import WeightsError
-from tests.test_models_parity import IMAGE_HW, relative_error, torch_input, torch_outputs
-from tests.test_vgg16_port import photo_like_images
+from ndjax.ported_weights import checkpoint, formats, registry, torch_state
+from ndjax.ported_weights.fetch import WeightsError
+from tests.conftest import IMAGE_HW, photo_like_images, relative_error, torch_input, torch_outputs
 
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
@@ -64,7 +63,7 @@ def places365_resnet18(tmp_path_factory) -> tuple[Path, object]:
 def test_places365_checkpoint_converts_and_matches_torch(places365_resnet18, tmp_path):
   path, torch_model = places365_resnet18
   out = tmp_path / 'ckpt'
-  r = run_module('ported_weights.convert', '--arch=resnet18', f'--src={path}', f'--out={out}')
+  r = run_module('ndjax.ported_weights.convert', '--arch=resnet18', f'--src={path}', f'--out={out}')
   assert r.returncode == 0, r.stderr
   assert r.stdout.startswith(f'wrote {out} (resnet18)'), r.stdout
   manifest = json.loads((out / checkpoint.MANIFEST_FILE).read_text())
@@ -97,7 +96,7 @@ def test_weights_file_is_converted_once_and_cached(places365_resnet18, tmp_path,
 
 def test_cli_dissects_a_places365_checkpoint(places365_resnet18, tmp_path):
   """The issue's 'done means': --model=resnet18 --weights=<.pth.tar> --layers=layer4 works."""
-  from ndjax.data import synthetic
+  from ndjax.probes import synthetic
   path, _ = places365_resnet18
   dataset = synthetic.generate(tmp_path / 'probe', n_images=16, seed=0, image_size=112,
                                mask_size=56, progress=False)

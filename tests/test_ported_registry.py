@@ -11,12 +11,11 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-import models
+from ndjax import models
 from ndjax import activations
-from ported_weights import fetch, registry
-from ported_weights.fetch import WeightsError
-from tests.test_models_parity import relative_error, torch_input
-from tests.test_vgg16_port import photo_like_images
+from ndjax.ported_weights import fetch, registry
+from ndjax.ported_weights.fetch import WeightsError
+from tests.conftest import photo_like_images, relative_error, torch_input
 
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
@@ -89,7 +88,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 @pytest.mark.slow
 def test_hed_trunk_matches_torch_and_is_not_imagenet():
   import h5py
-  from ported_weights import vgg16_onnx
+  from ndjax.ported_weights import vgg16_onnx
   cache = fetch.cache_root()
   model = models.MODELS['vgg16'](rngs=nnx.Rngs(0))
   manifest = registry.load_weights(model, 'hed', cache)

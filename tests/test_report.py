@@ -17,7 +17,6 @@ import pathlib
 import select
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -26,43 +25,13 @@ from PIL import Image
 
 from ndjax import report, topk
 from ndjax.data import broden
+from tests.conftest import dissected_runs
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 SCREENSHOT_COPY = pathlib.Path('/tmp/ndjax_report_screenshot.png')
 # the closed network's start flags (env notes): no background traffic, no sandbox as root
 CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                   '--disable-background-networking', '--disable-component-update', '--disable-sync',
                   '--hide-scrollbars', '--mute-audio')
-
-
-def _ndjax(module, *args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
-                        cwd=REPO, env=env, timeout=600)
-
-
-def dissected_runs(tmp_path_factory, seeds=(1,)) -> dict[int, pathlib.Path]:
-  """{seed: run folder} of `alexnet --weights=random --seed=S` over one small probe set.
-
-  Kept in the session's base temp folder, so test_report and test_compare share the runs.
-  """
-  root = tmp_path_factory.getbasetemp() / 'ndjax_report_inputs'
-  probe = root / 'probe'
-  if not (probe / 'index.csv').is_file():
-    r = _ndjax('ndjax.data.build', '--probe=synthetic', f'--out={probe}', '--n_images=16',
-               '--noprogress')
-    assert r.returncode == 0, r.stderr
-  runs = {}
-  for seed in seeds:
-    run = root / 'out' / f'alexnet_random_s{seed}'
-    if not (run / 'done').is_file():
-      r = _ndjax('ndjax.main', '--model=alexnet', '--weights=random', f'--seed={seed}',
-                 f'--dataset={probe}', '--layers=conv3,conv5', '--batch_size=8', '--noprogress',
-                 f'--outdir={root / "out"}')
-      assert r.returncode == 0, r.stderr
-      (run / 'done').write_text(r.stdout)      # the CLI's printed summary lines
-    runs[seed] = run
-  return runs
 
 
 @pytest.fixture(scope='module')

@@ -8,9 +8,8 @@ import time
 
 import numpy as np
 import pytest
+from tests.conftest import CATS, LABELS, make_broden, random_images
 
-from tests.conftest import make_broden
-from tests.test_iou import CATS, LABELS, _random_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ['--model=vgg16', '--weights=random', '--seed=5', '--layers=conv4_3,conv5_3', '--batch_size=2',
@@ -20,7 +19,7 @@ ARGS = ['--model=vgg16', '--weights=random', '--seed=5', '--layers=conv4_3,conv5
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
   return make_broden(tmp_path_factory.mktemp('resume') / 'broden', CATS, LABELS,
-                     _random_images(np.random.default_rng(3), 24))
+                     random_images(np.random.default_rng(3), 24))
 
 
 def _cmd(dataset, out, *extra):

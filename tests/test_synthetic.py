@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ndjax.data import broden, colors, synthetic
+from ndjax.data import broden
+from ndjax.probes import colors, synthetic
 
 N_IMAGES = 40
 CATEGORY_VOCABULARY = {
@@ -162,7 +163,7 @@ def test_ensure_probe_set_builds_once_and_atomically(tmp_path, monkeypatch):
 
 def test_build_cli(tmp_path):
   def run(*args):
-    return subprocess.run([sys.executable, '-m', 'ndjax.data.build', *args], capture_output=True,
+    return subprocess.run([sys.executable, '-m', 'ndjax.probes.build', *args], capture_output=True,
                           text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
   good = run('--probe=synthetic', f'--out={tmp_path / "p"}', '--n_images=8', '--noprogress')
   assert good.returncode == 0, good.stderr

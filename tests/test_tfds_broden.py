@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from models import convstack
+from ndjax.models import convstack
 from ndjax import dissect
-from ndjax.data import broden, synthetic, tfds_broden
-from tests.test_iou import CATS, LABELS, _random_images
+from ndjax.data import broden, tfds_broden
+from ndjax.probes import synthetic
+from tests.conftest import CATS, LABELS, random_images
 
 
 @pytest.fixture(scope='module')
@@ -56,7 +57,7 @@ def test_copy_equals_directory(synthetic_pair):
 
 def test_mixed_sizes_and_formats(broden_factory, tmp_path):
   """Interleaved sizes (the engine groups by size), JPEG and PNG, image-level and 0 labels."""
-  items = _random_images(np.random.default_rng(3), 10)
+  items = random_images(np.random.default_rng(3), 10)
   for item in items[::3]:
     item['jpg'] = True
   src = broden_factory(CATS, LABELS, items)
@@ -143,7 +144,8 @@ def test_works_with_tensorflow_unimportable(tmp_path):
       import importlib.util
       assert importlib.util.find_spec('tensorflow') is None
       import numpy as np
-      from ndjax.data import broden, synthetic, tfds_broden
+      from ndjax.data import broden, tfds_broden
+      from ndjax.probes import synthetic
       src = synthetic.generate({str(tmp_path / 'p')!r}, n_images=3, seed=1, progress=False)
       copy = tfds_broden.open_array_record(
           tfds_broden.build_array_record(src, {str(tmp_path / 'ar')!r}, progress=False))
@@ -179,7 +181,8 @@ def test_cli(synthetic_pair, tmp_path):
 
 def test_cli_dissects_an_array_record_copy(tmp_path):
   """`--dataset` accepts the array_record copy and gives the same tally as the directory."""
-  from ndjax.data import synthetic, tfds_broden
+  from ndjax.data import tfds_broden
+  from ndjax.probes import synthetic
   src = synthetic.generate(tmp_path / 'p', n_images=12, seed=1, progress=False)
   copy = tfds_broden.build_array_record(src, tmp_path / 'ar', progress=False)
   tallies = []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from models import convstack, geometry
+from ndjax.models import convstack, geometry
 from ndjax import upsample
 
 

@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-import models
-from ndjax.data import broden, synthetic
-from ported_weights.registry import load_weights
+from ndjax import models
+from ndjax.data import broden
+from ndjax.probes import synthetic
+from ndjax.ported_weights.registry import load_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

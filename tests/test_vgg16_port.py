@@ -17,12 +17,12 @@ import numpy as np
 import onnx
 import pytest
 from flax import nnx
-from PIL import Image, ImageDraw, ImageFilter
 
-from models.convstack import ConvStack, vgg16, vgg_ops
-from ported_weights import checkpoint, fetch, vgg16_onnx
-from ported_weights.fetch import FetchError, WeightsError
-from ported_weights.registry import imagenet_vgg16, load_weights
+from ndjax.models.convstack import ConvStack, vgg16, vgg_ops
+from ndjax.ported_weights import checkpoint, fetch, vgg16_onnx
+from ndjax.ported_weights.fetch import FetchError, WeightsError
+from ndjax.ported_weights.registry import imagenet_vgg16, load_weights
+from tests.conftest import photo_like_images
 
 CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 PARITY_RTOL = 1e-4
@@ -45,25 +45,6 @@ def shipped_onnx(ndjax_cache) -> Path:
 
 def tiny_stack(name: str, width: int = 32, seed: int = 0) -> ConvStack:
   return ConvStack(vgg_ops((width, 'M', width)), name=name, rngs=nnx.Rngs(seed))
-
-
-def photo_like_images(count: int, size: int, seed: int = 0) -> np.ndarray:
-  """Smooth colour fields with blurred shapes: edges and blobs at several scales, like photos."""
-  rng = np.random.default_rng(seed)
-  images = []
-  for _ in range(count):
-    coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-    image = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(12):
-      corner = rng.integers(0, size - 20, 2)
-      box = [int(v) for v in (*corner, *(corner + rng.integers(10, size // 2, 2)))]
-      colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-      (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
-    image = image.filter(ImageFilter.GaussianBlur(1.2))
-    texture = rng.normal(0, 6, (size, size, 3))
-    images.append(np.clip(np.asarray(image, np.float32) + texture, 0, 255).astype(np.uint8))
-  return np.stack(images)
 
 
 # --- (a) real fetch + conversion ----------------------------------------------------------------

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from ndjax.data import broden, composite_catalogue, ingredients, voc_smoke
-from ported_weights.fetch import cache_root
+from ndjax.data import broden
+from ndjax.probes import composite_catalogue, ingredients, voc_smoke
+from ndjax.fileio import cache_root
 
 
 

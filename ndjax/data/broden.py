@@ -1,4 +1,4 @@
-"""Reader for Broden-format probe sets (see shared/reference/broden_format.md).
+"""Reader for Broden-format probe sets (the format: index.csv, label.csv, category.csv, c_<cat>.csv, images/).
 
 Everything here is I/O and bookkeeping at the edge of the pipeline: it turns a directory into
 per-image uint8 images, int32 label layers (global label numbers) and image-level label lists.

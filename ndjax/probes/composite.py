@@ -36,8 +36,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ndjax.data import colors, composite_catalogue as catalogue_tables, synthetic
-from ndjax.data.broden_writer import BrodenWriter
+from ndjax.probes import colors, composite_catalogue as catalogue_tables, synthetic
+from ndjax.probes.broden_writer import BrodenWriter
 
 VERSION = 'composite_v1'     # bump when rendering or labels change: it names the cache directory
 DEFAULT_IMAGES = 3000
@@ -538,7 +538,7 @@ def generate(out_dir, catalogue: Catalogue, n_images: int = DEFAULT_IMAGES, seed
         write(_render_job(job))
   out_dir = pathlib.Path(out_dir)
   if contact_sheet:
-    from ndjax.data import contact_sheet as sheet
+    from ndjax.probes import contact_sheet as sheet
     sheet.write_contact_sheet(out_dir, sheet.sheet_path(out_dir))
   return out_dir
 
@@ -554,7 +554,7 @@ def ensure_composite_set(cache_root, n_images: int = DEFAULT_IMAGES, seed: int =
 
   Raises ingredients.IngredientError when the ingredients cannot be fetched or verified.
   """
-  from ndjax.data import contact_sheet, ingredients
+  from ndjax.probes import contact_sheet, ingredients
   path = probe_set_path(cache_root, n_images, seed)
   if (path / 'index.csv').is_file():
     if not contact_sheet.sheet_path(path).is_file():   # a build killed after publishing the set
@@ -578,7 +578,7 @@ def resolve_default_probe(cache_root, progress: bool = True) -> tuple[pathlib.Pa
   The composite set (built once into the cache) when its ingredients can be fetched; otherwise
   the procedural set, with a one-line notice saying why (notice is None on the composite path).
   """
-  from ndjax.data import ingredients
+  from ndjax.probes import ingredients
   try:
     return ensure_composite_set(cache_root, progress=progress), None
   except (ingredients.IngredientError, OSError) as e:

@@ -36,7 +36,7 @@ import tarfile
 import tempfile
 import zipfile
 
-from ported_weights.fetch import sha256_of_file
+from ndjax.ported_weights.fetch import sha256_of_file
 
 logger = logging.getLogger(__name__)
 

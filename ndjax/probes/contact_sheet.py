@@ -5,7 +5,7 @@ masks overlaid in a colour per label and captioned with its largest labels (imag
 as scene and texture are captioned only). Examples are spread evenly over the images that carry the
 category, so the sheet is deterministic.
 
-  python -m ndjax.data.contact_sheet DIR [OUT.png]
+  python -m ndjax.probes.contact_sheet DIR [OUT.png]
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import csv
 import os
 import pathlib
 import sys
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ndjax import fileio
 from ndjax.data.broden import display_name
-from ndjax.data.broden_writer import decode_mask
+from ndjax.probes.broden_writer import decode_mask
 
 CELL = 168                   # image side on the sheet, in pixels
 CAPTION = 30                 # caption height under each image
@@ -141,15 +141,13 @@ def write_contact_sheet(set_dir: str | os.PathLike, out_path: str | os.PathLike 
     sheet.paste(block, (0, y))
     y += block.height + 4
   out_path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=out_path.parent, prefix=f'.{out_path.name}.',
-                                   suffix='.png', delete=False) as partial:
+  with fileio.atomic_open(out_path) as partial:
     sheet.save(partial, format='PNG')
-  os.replace(partial.name, out_path)
   return out_path
 
 
 if __name__ == '__main__':
   if len(sys.argv) not in (2, 3):
-    print('usage: python -m ndjax.data.contact_sheet DIR [OUT.png]', file=sys.stderr)
+    print('usage: python -m ndjax.probes.contact_sheet DIR [OUT.png]', file=sys.stderr)
     sys.exit(2)
   print(write_contact_sheet(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else None))

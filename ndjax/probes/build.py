@@ -1,8 +1,8 @@
 """Builds a probe set on disk.
 
-  python -m ndjax.data.build --probe=synthetic --out=DIR [--n_images=1000 --seed=0]
-  python -m ndjax.data.build --probe=composite --out=DIR [--n_images=3000 --seed=0]
-  python -m ndjax.data.build --probe=voc_smoke --out=DIR
+  python -m ndjax.probes.build --probe=synthetic --out=DIR [--n_images=1000 --seed=0]
+  python -m ndjax.probes.build --probe=composite --out=DIR [--n_images=3000 --seed=0]
+  python -m ndjax.probes.build --probe=voc_smoke --out=DIR
 
 `synthetic` is drawn procedurally; `composite` composes real photo cut-outs on real textures and
 `voc_smoke` gathers real photos with human masks, both from material fetched (once, into the
@@ -46,18 +46,18 @@ def summary_line(path: pathlib.Path) -> str:
 def _build(out: pathlib.Path) -> pathlib.Path:
   # imports after flag parsing: --help stays instant
   if FLAGS.probe == 'synthetic':
-    from ndjax.data import synthetic
+    from ndjax.probes import synthetic
     return synthetic.generate(out, n_images=FLAGS.n_images or 1000, seed=FLAGS.seed,
                               progress=FLAGS.progress, workers=FLAGS.workers)
-  from ndjax.data import ingredients
-  from ported_weights.fetch import cache_root
+  from ndjax.probes import ingredients
+  from ndjax.fileio import cache_root
   found = ingredients.ensure_ingredients(cache_root(), progress=FLAGS.progress)
   if FLAGS.probe == 'composite':
-    from ndjax.data import composite
+    from ndjax.probes import composite
     return composite.generate(out, composite.load_catalogue(found),
                               n_images=FLAGS.n_images or composite.DEFAULT_IMAGES, seed=FLAGS.seed,
                               progress=FLAGS.progress, workers=FLAGS.workers)
-  from ndjax.data import contact_sheet, voc_smoke
+  from ndjax.probes import contact_sheet, voc_smoke
   path = voc_smoke.generate(out, found, progress=FLAGS.progress)
   contact_sheet.write_contact_sheet(path)
   return path
@@ -65,7 +65,7 @@ def _build(out: pathlib.Path) -> pathlib.Path:
 
 def main(argv: list[str]) -> None:
   del argv
-  from ndjax.data.ingredients import IngredientError
+  from ndjax.probes.ingredients import IngredientError
   out = pathlib.Path(FLAGS.out)
   if out.exists():
     cli.fail(f'{out} already exists; choose a new --out')

@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ndjax.data import colors
-from ndjax.data.broden_writer import BrodenWriter
+from ndjax.probes import colors
+from ndjax.probes.broden_writer import BrodenWriter
 
 VERSION = 'synthetic_v1'     # bump when the drawing changes: it names the cache directory
 KINDS = ('dtd', 'opensurfaces', 'pascal', 'ade20k')

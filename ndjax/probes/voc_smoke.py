@@ -20,8 +20,8 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ndjax.data import colors, composite, composite_catalogue, synthetic
-from ndjax.data.broden_writer import BrodenWriter
+from ndjax.probes import colors, composite, composite_catalogue, synthetic
+from ndjax.probes.broden_writer import BrodenWriter
 
 VERSION = 'voc_smoke_v1'
 IMAGE_SIZE = 224
@@ -142,20 +142,3 @@ def generate(out_dir, ingredients, progress: bool = True, overwrite: bool = Fals
 
 def probe_set_path(cache_root) -> pathlib.Path:
   return pathlib.Path(cache_root) / 'probe' / VERSION
-
-
-def ensure_voc_smoke_set(cache_root, progress: bool = False) -> pathlib.Path:
-  """<cache_root>/probe/voc_smoke_v1, fetched and built first if it is not there yet."""
-  from ndjax.data import ingredients as ingredient_fetch
-  path = probe_set_path(cache_root)
-  if (path / 'index.csv').is_file():
-    return path
-  found = ingredient_fetch.ensure_ingredients(cache_root, progress=progress)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  synthetic._remove_stale_partials(path)
-  try:
-    generate(path, found, progress=progress, overwrite=path.exists())
-  except FileExistsError:
-    if not (path / 'index.csv').is_file():
-      raise
-  return path
