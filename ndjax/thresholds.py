@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,18 +63,22 @@ def quantile_from_top(top_desc: np.ndarray, n: int, tau: float) -> np.ndarray:
 
 
 class StreamingThreshold:
-  """Per-unit exact quantile over everything `update` sees.
+  """Per-unit exact quantiles over everything `update` sees, for one or several taus.
 
   `max_n` (values per unit if every image is used) sizes the buffer; the quantile is taken over
   the values actually seen, which can be fewer when bad images are skipped (a buffer sized for
-  more values always holds the fewer values' top order statistics).
+  more values always holds the fewer values' top order statistics). Several taus share one
+  buffer, sized for the largest: the top m' values are a prefix of the top m >= m'.
   """
 
-  def __init__(self, units: int, max_n: int, tau: float):
-    if not 0.0 < tau < 1.0:
-      raise ValueError(f'tau must be in (0, 1), got {tau}')
-    self.units, self.max_n, self.tau = units, max_n, tau
-    self.m = buffer_size(max_n, tau)
+  def __init__(self, units: int, max_n: int, tau: float | Sequence[float]):
+    taus = (tau,) if np.isscalar(tau) else tuple(tau)
+    for t in taus:
+      if not 0.0 < t < 1.0:
+        raise ValueError(f'tau must be in (0, 1), got {t}')
+    self.units, self.max_n, self.taus = units, max_n, taus
+    self.tau = taus[0]
+    self.m = max(buffer_size(max_n, t) for t in taus)
     self.buffer = init_buffer(units, self.m)
     self.seen = 0
 
@@ -96,7 +101,11 @@ class StreamingThreshold:
     self.buffer = jax.lax.top_k(jnp.asarray(everything), self.m)[0]
     self.seen = int(gathered['seen'].sum())
 
-  def result(self) -> np.ndarray:
+  def result(self, tau: float | None = None) -> np.ndarray:
+    """(units,) thresholds at `tau` (one of the taus it was built for; default the first)."""
+    tau = self.tau if tau is None else tau
+    if tau not in self.taus:
+      raise ValueError(f'this buffer was sized for taus {self.taus}, not {tau}')
     if not 0 < self.seen <= self.max_n:
       raise RuntimeError(f'threshold saw {self.seen} values per unit, expected 1..{self.max_n}')
-    return quantile_from_top(np.asarray(self.buffer), self.seen, self.tau)
+    return quantile_from_top(np.asarray(self.buffer), self.seen, tau)

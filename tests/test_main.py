@@ -66,7 +66,8 @@ def test_end_to_end_outputs(dataset, tmp_path):
     results[layer] = json.loads((run / layer / 'results.json').read_text())
   doc = results['conv5_3']
   assert doc['layer'] == 'conv5_3' and doc['activation'].startswith('features.29: ReLU')
-  assert doc['seed'] == 3 and doc['flags']['tau'] == 0.01 and 'jax' in doc['versions']
+  assert doc['seed'] == 3 and doc['view']['tau'] == 0.01 and 'jax' in doc['versions']
+  assert doc['view']['name'] == '' and doc['folder'] == 'conv5_3' and doc['precision']
   assert len(doc['units']) == 512 and set(doc['units'][0]['per_category']) == set(CATS)
   for unit in doc['units']:
     for cat, best in unit['per_category'].items():
