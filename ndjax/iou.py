@@ -1,7 +1,8 @@
 """Exact intersection / union counts of thresholded unit masks against labels (paper Eq. 1).
 
-Per batch, on the device: upsample each unit's map to mask resolution, threshold with a strict
-`>` T_k, and count, for the labels PRESENT in the batch (renumbered 0..Cp-1 by the caller),
+Per batch, on the device: upsample each unit's map to mask resolution and threshold it with a
+strict `>` T_k (`upsample.threshold_masks`: a plateau equal to T_k stays off), and count, for the
+labels PRESENT in the batch (renumbered 0..Cp-1 by the caller),
   inter[k, c]      = sum_x |M_k(x) & L_c(x)|       (every mask layer counts; image-level = all pixels)
   label_pixels[c]  = sum_x |L_c(x)|
   act_paper[k, C]  = sum_{x relevant to C} |M_k(x)|  (x carries a label of primary category C)
@@ -71,8 +72,8 @@ def _count(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid, *,
   def per_chunk(carry, xs):
     acts_c, layers_c, img_c, valid_c = xs
     # unit-major masks (c, K, X): every product below is a plain or batched matmul
-    up = upsample_lib.upsample_units(acts_c, wy, wx)                              # (c, K, sh, sw)
-    mask = (up > thresholds[None, :, None, None]) & valid_c[:, None, None, None]
+    mask = upsample_lib.threshold_masks(acts_c, thresholds, wy, wx)              # (c, K, sh, sw)
+    mask = mask & valid_c[:, None, None, None]
     mask = mask.reshape(chunk, k, x_pixels)
     mask_bf = mask.astype(jnp.bfloat16)
     # label one-hots counted per layer (a pixel labelled c in two layers counts twice)

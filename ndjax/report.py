@@ -149,8 +149,9 @@ def bar_graph_svg(counts: dict[str, list[tuple[str, int]]]) -> str:
 def unit_masks(results: dict, top: dict, ds: broden.BrodenDataset, k: int) -> dict:
   """{(unit index, rank): bool (sh, sw) mask} for the top-k images of every unit.
 
-  The same operation as `topk.unit_mask` (the dissection's upsampling matrices, then > T_k), run
-  for all maps of one (map size, image size, mask size) at once instead of one call per map.
+  The same operation as `topk.unit_mask` (the dissection's `upsample.threshold_masks`), run for
+  all maps of one (map size, image size, mask size) at once instead of one call per map: the n
+  maps go in as n units of one image, each with its own unit's T_k.
   """
   mode = results['upsample']['mode']
   rf = tuple(results['upsample']['rf_geometry']) if mode == 'rf' else None
@@ -168,9 +169,9 @@ def unit_masks(results: dict, top: dict, ds: broden.BrodenDataset, k: int) -> di
     for start in range(0, len(members), MASK_CHUNK):
       chunk = members[start:start + MASK_CHUNK]
       units, ranks = (np.array(v) for v in zip(*chunk))
-      maps = top['maps'][units, ranks, :h, :w]
-      up = np.asarray(upsample.upsample(jnp.asarray(maps)[..., None], wy, wx))[..., 0]
-      for key, mask in zip(chunk, up > thresholds[units][:, None, None]):
+      maps = np.moveaxis(top['maps'][units, ranks, :h, :w], 0, -1)[None]     # (1, h, w, n)
+      drawn = upsample.threshold_masks(jnp.asarray(maps), jnp.asarray(thresholds[units]), wy, wx)
+      for key, mask in zip(chunk, np.asarray(drawn[0])):
         masks[key] = mask
   return masks
 

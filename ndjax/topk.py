@@ -93,7 +93,9 @@ class TopImages:
 
 def unit_mask(act_map: np.ndarray, threshold: float, image_hw, mask_hw, mode: str,
               rf: tuple[float, float] | None) -> np.ndarray:
-  """The unit's mask on one image, exactly as the dissection counted it: upsample, then > T."""
+  """The unit's mask on one image, exactly as the dissection counted it (`threshold_masks`)."""
   wy, wx = upsample.matrices(mode, act_map.shape, image_hw, mask_hw, rf)
-  up = upsample.upsample(jnp.asarray(act_map)[None, :, :, None], jnp.asarray(wy), jnp.asarray(wx))
-  return np.asarray(up[0, :, :, 0] > threshold)
+  masks = upsample.threshold_masks(jnp.asarray(act_map, jnp.float32)[None, :, :, None],
+                                   jnp.asarray([threshold], jnp.float32), jnp.asarray(wy),
+                                   jnp.asarray(wx))
+  return np.asarray(masks[0, 0])

@@ -9,7 +9,8 @@ points beyond them.
 - `center`: grid points are pixel centres of an h x w map stretched over the mask, i.e. torch's
   `interpolate(mode='bilinear', align_corners=False)` without antialias (NetDissect-Lite).
 The matrices are built once per (layer, image size) on the host in float64; applying them is two
-small matmuls on the device, fused with the threshold comparison in `iou.py`.
+small matmuls on the device. `threshold_masks` is the one place a map becomes a mask: the count
+(`iou.py`), the top-k masks (`topk.py`) and the report all call it.
 """
 from __future__ import annotations
 
@@ -91,3 +92,25 @@ def upsample_units(acts: jax.Array, wy: jax.Array, wx: jax.Array) -> jax.Array:
 def upsample(acts: jax.Array, wy: jax.Array, wx: jax.Array) -> jax.Array:
   """(B, h, w, K) -> (B, sh, sw, K)."""
   return jnp.moveaxis(upsample_units(acts, wy, wx), 1, 3)
+
+
+def threshold_masks(acts: jax.Array, thresholds: jax.Array, wy: jax.Array,
+                    wx: jax.Array) -> jax.Array:
+  """(B, h, w, K) maps, (K,) T_k -> bool unit-major (B, K, sh, sw) masks M_k. Pure, jit-able.
+
+  Why upsample(a - T) > 0 and not upsample(a) > T: the definition turns a pixel on only if its
+  interpolated value is > T_k AND some source value it reads (non-zero weight) is > T_k. In
+  float32, interpolating a plateau whose values all equal T_k (ReLU6's cap at 6, duplicated
+  max-pool outputs) with weights that are not powers of two can round a hair ABOVE T_k, and the
+  plateau becomes spurious mask pixels (about 1,300 per constant map on AlexNet conv5 at 227
+  pixels, `rf` mode). Subtracting first makes such a plateau exactly 0 (a - T is exact when
+  a = T), and a sum of non-positive values with non-negative weights never rounds above 0: a pixel
+  whose sources are all <= T_k is off, exactly. Where sources lie on both sides of T_k the sign of
+  the sum is the float32 reading of "interpolated value > T_k", computed on differences that are
+  exact whenever a is within a factor 2 of T_k.
+  One limit: XLA flushes subnormal floats to zero, so an excess over T_k (or a weighted excess)
+  below 2^-126 ~ 1.2e-38 reads as 0 and leaves the pixel off; it takes activations near 1e-30 to
+  matter, and `upsample(a) > T` had the same limit.
+  """
+  centred = acts - thresholds.astype(acts.dtype)        # broadcast over the last (unit) axis
+  return upsample_units(centred, wy, wx) > 0

@@ -6,7 +6,8 @@ from flax import nnx
 from ndjax.models import convstack
 from ndjax import dissect, iou, tally
 from ndjax.data import broden
-from tests.conftest import CATS, LABELS, bilinear_by_hand, random_images
+from tests.by_hand import mask_by_hand
+from tests.conftest import CATS, LABELS, random_images
 
 
 def _brute_force(model, ds, layer, tau):
@@ -20,8 +21,8 @@ def _brute_force(model, ds, layer, tau):
   for i, rec in enumerate(ds.records):
     layers, img_labels = ds.load_labels(i)
     rf = model.rf_geometry(layer)
-    masks = np.stack([bilinear_by_hand(acts[i][..., u], (rec.ih, rec.iw), (rec.sh, rec.sw), rf)
-                      > thr[u] for u in range(k)])                        # (k, sh, sw)
+    masks = np.stack([mask_by_hand(acts[i][..., u], thr[u], (rec.ih, rec.iw), (rec.sh, rec.sw),
+                                   rf) for u in range(k)])                # (k, sh, sw)
     size = masks.sum(axis=(1, 2))
     present_cats = set(int(ds.primary[c]) for c in np.unique(layers) if c > 0)
     present_cats |= set(int(ds.primary[c]) for c in img_labels)

@@ -6,7 +6,8 @@ from flax import nnx
 from ndjax.models import convstack
 from ndjax import dissect, loader, topk
 from ndjax.data import broden
-from tests.conftest import CATS, LABELS, bilinear_by_hand, random_images
+from tests.by_hand import mask_by_hand
+from tests.conftest import CATS, LABELS, random_images
 
 
 @pytest.mark.parametrize('k', [3, 20])
@@ -41,8 +42,8 @@ def test_topk_equals_brute_force(broden_factory, tmp_path, k):
       rec = ds.records[i]
       mask = topk.unit_mask(res.top.maps[u, r, :h, :w], res.thresholds[u], (rec.ih, rec.iw),
                             (rec.sh, rec.sw), 'rf', model.rf_geometry(layer))
-      ref = bilinear_by_hand(acts[i][..., u], (rec.ih, rec.iw), (rec.sh, rec.sw),
-                              model.rf_geometry(layer)) > res.thresholds[u]
+      ref = mask_by_hand(acts[i][..., u], res.thresholds[u], (rec.ih, rec.iw), (rec.sh, rec.sw),
+                         model.rf_geometry(layer))
       np.testing.assert_array_equal(mask, ref)
   res.top.save(str(tmp_path / 'topk.npz'))
   saved = np.load(tmp_path / 'topk.npz')
