@@ -230,15 +230,14 @@ def worker_forward(args) -> None:
 def worker_profile(args) -> None:
   """The CLI's `dissect` call in-process with profile=True: per-stage seconds, and the full
   thresholds + counts (for parity; the CLI's files hold only each unit's best labels)."""
-  from ndjax import dissect as dissect_lib
+  from ndjax import api
   from ndjax.data import broden
   ds = broden.open_broden(args.dataset)
   model = build_ndjax_vgg16()
   layers = args.layers.split(',')
-  cfg = dissect_lib.DissectConfig(layers=layers, tau=args.tau, batch_size=args.batch_size,
-                                  cache_gb=args.cache_gb, progress=False, profile=True)
   t0 = time.perf_counter()
-  out = dissect_lib.dissect(model, ds, cfg)
+  out = api.dissect(model, ds, layers, tau=args.tau, batch_size=args.batch_size,
+                    cache_gb=args.cache_gb, progress=False, profile=True)
   wall = time.perf_counter() - t0
   arrays = {}
   for l in layers:
@@ -257,33 +256,19 @@ def worker_e2e(args) -> None:
   the CLI's output files (tally.csv, results.json, topk.npz). The CLI cannot say how long its
   output stage takes; this can."""
   t_start, c_start = time.perf_counter(), time.process_time()
-  import jax
-  from ndjax import dissect as dissect_lib
-  from ndjax import fileio, tally
+  from ndjax import api
   from ndjax.data import broden
   layers = args.layers.split(',')
   ds = broden.open_broden(args.dataset)
   model = build_ndjax_vgg16()
   t_setup, c_setup = time.perf_counter(), time.process_time()
-  cfg = dissect_lib.DissectConfig(layers=layers, tau=args.tau, batch_size=args.batch_size,
-                                  cache_gb=args.cache_gb, cache_dir=args.cache_dir, progress=False)
-  out = dissect_lib.dissect(model, ds, cfg)
+  out = api.dissect(model, ds, layers, tau=args.tau, batch_size=args.batch_size,
+                    cache_gb=args.cache_gb, cache_dir=args.cache_dir, progress=False)
   t_dissect, c_dissect = time.perf_counter(), time.process_time()
   meta = {'flags': {'layers': layers, 'tau': args.tau, 'batch_size': args.batch_size,
-                    'cache_gb': args.cache_gb},
-          'images': len(ds.records), 'images_used': out.images_used,
-          'versions': {'jax': jax.__version__}, 'timings_s': out.timings}
-  for l in layers:
-    res = out.layers[l]
-    labels = tally.label_units(res.counts, ds, 'paper')
-    layer_dir = os.path.join(args.out, l)
-    os.makedirs(layer_dir, exist_ok=True)
-    if res.top is not None:
-      res.top.save(os.path.join(layer_dir, 'topk.npz'))
-    fileio.atomic_write(os.path.join(layer_dir, 'tally.csv'), tally.tally_csv(labels, res.counts, ds))
-    fileio.atomic_write(os.path.join(layer_dir, 'results.json'), tally.results_json(
-        meta, {'layer': l, 'activation': res.description}, labels, res.thresholds, ds, 0.04))
-    print(tally.summary_line(l, labels, ds, 0.04), flush=True)
+                    'cache_gb': args.cache_gb}}
+  for line in api.write_outputs(out, ds, args.out, model=model, meta=meta, report=False):
+    print(line, flush=True)
   t_end, c_end = time.perf_counter(), time.process_time()
   pathlib.Path(args.json).write_text(json.dumps(dict(
       timings=out.timings, setup=t_setup - t_start, dissect=t_dissect - t_setup,

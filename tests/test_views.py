@@ -1,7 +1,6 @@
 """Views of a layer (rotations, tau sets, directions) against independent plain dissections."""
 import csv
 import json
-import os
 
 import jax.numpy as jnp
 import numpy as np
