@@ -3,14 +3,16 @@
 Per batch, on the device: upsample each unit's map to mask resolution and threshold it with a
 strict `>` T_k (`upsample.threshold_masks`: a plateau equal to T_k stays off), and count, for the
 labels PRESENT in the batch (renumbered 0..Cp-1 by the caller),
-  inter[k, c]      = sum_x |M_k(x) & L_c(x)|       (every mask layer counts; image-level = all pixels)
+  inter[k, c]      = sum_x |M_k(x) & L_c(x)|       (L_c(x): the SET of pixels carrying c in any
+                                                   mask layer; image-level = all pixels)
   label_pixels[c]  = sum_x |L_c(x)|
   act_paper[k, C]  = sum_{x relevant to C} |M_k(x)|  (x carries a label of primary category C)
   act_lite[k, C]   = sum_{x: M_k(x) touches C, or x has an image-level label of C} |M_k(x)|
-The intersection is a matmul of 0/1 masks against label one-hots: bf16 inputs with f32
-accumulation are exact (integers below 2^24 per chunk), and the device does the work the reference
-implementations did in per-image Python loops. Images are processed in chunks inside the jit to
-bound the size of the (chunk, pixels, units) mask.
+The intersection is a matmul of 0/1 masks against 0/1 label sets: bf16 inputs with f32
+accumulation are exact (integers below 2^24 per image; deliberately not Precision.HIGHEST, see
+`_exact_01_matmul`), and the device does the work the reference implementations did in per-image
+Python loops. Images are processed in chunks inside the jit to bound the size of the (chunk,
+pixels, units) mask.
 """
 from __future__ import annotations
 
@@ -66,8 +68,8 @@ def _count(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid, *,
   b, _, _, k = acts.shape
   sh, sw = wy.shape[0], wx.shape[0]
   x_pixels = sh * sw
-  cat_onehot = jax.nn.one_hot(label_cat, num_cats, dtype=jnp.float32)          # (Cp, C)
-  hp = jax.lax.Precision.HIGHEST
+  cat_onehot = jax.nn.one_hot(label_cat, num_cats, dtype=jnp.bool_)             # (Cp, C)
+  hp = jax.lax.Precision.HIGHEST    # products with pixel counts (> 256): full f32, never bf16
 
   def per_chunk(carry, xs):
     acts_c, layers_c, img_c, valid_c = xs
@@ -76,30 +78,28 @@ def _count(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid, *,
     mask = mask & valid_c[:, None, None, None]
     mask = mask.reshape(chunk, k, x_pixels)
     mask_bf = mask.astype(jnp.bfloat16)
-    # label one-hots counted per layer (a pixel labelled c in two layers counts twice)
-    pix_onehot = jax.nn.one_hot(layers_c.reshape(chunk, -1, x_pixels), num_local,
-                                dtype=jnp.bfloat16).sum(axis=1)                  # (c, X, Cp)
-    pix_onehot = pix_onehot * valid_c[:, None, None].astype(jnp.bfloat16)
-    img_onehot = jax.nn.one_hot(img_c, num_local, dtype=jnp.float32).sum(axis=1)  # (c, Cp)
-    img_onehot = img_onehot * valid_c[:, None]
+    # L_c(x) as a SET: a pixel carrying c in several layers (part layers), or c also as an
+    # image-level label, or an image-level label listed twice, counts once, so IoU <= 1
+    pix_sets = jax.nn.one_hot(layers_c.reshape(chunk, -1, x_pixels), num_local,
+                              dtype=jnp.bool_).any(axis=1) & valid_c[:, None, None]  # (c, X, Cp)
+    img_sets = jax.nn.one_hot(img_c, num_local, dtype=jnp.bool_).any(axis=1)
+    img_sets = img_sets & valid_c[:, None]                                       # (c, Cp)
+    labelled = pix_sets | img_sets[:, None, :]            # image-level: every pixel of the mask
     act_per_image = mask.sum(axis=2, dtype=jnp.int32)                             # (c, K)
     act_f = act_per_image.astype(jnp.float32)
 
-    inter = jnp.einsum('ckx,cxl->ckl', mask_bf, pix_onehot,
-                       preferred_element_type=jnp.float32).sum(axis=0)
-    inter += jnp.einsum('ck,cl->kl', act_f, img_onehot, precision=hp)
-    label_pixels = pix_onehot.astype(jnp.float32).sum(axis=(0, 1)) + img_onehot.sum(0) * x_pixels
+    inter = _exact_01_matmul('ckx,cxl->ckl', mask_bf, labelled).astype(jnp.int32).sum(axis=0)
+    label_pixels = labelled.sum(axis=(0, 1), dtype=jnp.int32)
 
     # categories present per pixel / per image, by primary category of the labels there
-    pix_cat = jnp.einsum('cxl,lC->cxC', pix_onehot.astype(jnp.float32), cat_onehot) > 0
-    img_cat = (img_onehot @ cat_onehot) > 0                                      # (c, C)
+    pix_cat = _exact_01_matmul('cxl,lC->cxC', pix_sets, cat_onehot) > 0
+    img_cat = _exact_01_matmul('cl,lC->cC', img_sets, cat_onehot) > 0            # (c, C)
     relevant = pix_cat.any(axis=1) | img_cat                                     # (c, C)
-    touches = jnp.einsum('ckx,cxC->ckC', mask_bf, pix_cat.astype(jnp.bfloat16),
-                         preferred_element_type=jnp.float32) > 0                 # (c, K, C)
+    touches = _exact_01_matmul('ckx,cxC->ckC', mask_bf, pix_cat) > 0            # (c, K, C)
     touches = touches | img_cat[:, None, :]
     act_paper = jnp.einsum('ck,cC->kC', act_f, relevant.astype(jnp.float32), precision=hp)
     act_lite = jnp.einsum('ck,ckC->kC', act_f, touches.astype(jnp.float32), precision=hp)
-    out = dict(inter=inter.astype(jnp.int32), label_pixels=label_pixels.astype(jnp.int32),
+    out = dict(inter=inter, label_pixels=label_pixels,
                act_paper=act_paper.astype(jnp.int32), act_lite=act_lite.astype(jnp.int32),
                act_pixels=act_per_image.sum(0))
     return jax.tree.map(jnp.add, carry, out), None
@@ -113,6 +113,18 @@ def _count(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid, *,
   totals, _ = jax.lax.scan(per_chunk, zeros,
                            (split(acts), split(layers), split(image_labels), split(valid)))
   return totals
+
+
+def _exact_01_matmul(spec: str, a, b):
+  """einsum of 0/1 operands as bf16 inputs with f32 accumulation: exact, and the fast path.
+
+  Why not precision=HIGHEST here: 0 and 1 are exact in bf16 and every sum is an integer below
+  2^24 (a count of one image's pixels, or of the labels at one pixel), so bf16 x bf16 -> f32 loses nothing on any device
+  (TPU MXU, GPU tensor cores, CPU), while HIGHEST would run several f32 passes for nothing. Only
+  operands that are 0/1 may come here.
+  """
+  return jnp.einsum(spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                    preferred_element_type=jnp.float32)
 
 
 _count_jit = jax.jit(_count, static_argnames=('num_local', 'num_cats', 'chunk'))

@@ -1,4 +1,5 @@
 """Dissection counts equal a brute-force NumPy reading of paper Eq. 1, for both denominators."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -10,7 +11,13 @@ from tests.by_hand import mask_by_hand
 from tests.conftest import CATS, LABELS, random_images
 
 
-def _brute_force(model, ds, layer, tau):
+def _brute_force(model, ds, layer, tau, summed_layers=False):
+  """Thresholds and counts by the definition, one image and one label at a time.
+
+  L_c(x) is the SET of pixels carrying c in any mask layer, or every pixel if c is an image-level
+  label of x. summed_layers=True is instead the reference implementations' reading (one count per
+  layer and per image-level mention), used only to show what the fixtures below would catch.
+  """
   acts = [np.asarray(model(ds.load_image(i)[None], (layer,))[layer][0])
           for i in range(len(ds.records))]
   k = acts[0].shape[-1]
@@ -27,10 +34,15 @@ def _brute_force(model, ds, layer, tau):
     present_cats = set(int(ds.primary[c]) for c in np.unique(layers) if c > 0)
     present_cats |= set(int(ds.primary[c]) for c in img_labels)
     for c in range(1, n):
-      in_layers = (layers == c).astype(np.int64)                          # (L, sh, sw)
-      img = c in img_labels
-      truth[c] += in_layers.sum() + (rec.sh * rec.sw if img else 0)
-      inter[:, c] += (masks[:, None] * in_layers[None]).sum(axis=(1, 2, 3)) + (size if img else 0)
+      if summed_layers:
+        per_layer = (layers == c).astype(np.int64)                        # (L, sh, sw)
+        mentions = int((img_labels == c).sum())
+        truth[c] += per_layer.sum() + mentions * rec.sh * rec.sw
+        inter[:, c] += (masks[:, None] * per_layer[None]).sum(axis=(1, 2, 3)) + mentions * size
+        continue
+      carries = (layers == c).any(axis=0) | (c in img_labels)            # (sh, sw) bool: a set
+      truth[c] += carries.sum()
+      inter[:, c] += (masks & carries[None]).sum(axis=(1, 2))
     for cat in range(ncat):
       if cat in present_cats:
         act_paper[:, cat] += size
@@ -73,3 +85,59 @@ def test_counts_equal_brute_force(broden_factory, batch_size, tau):
 def scores_max(counts, ds):
   scores, _ = iou.iou(counts, ds.primary, 'paper')
   return scores.max(axis=1)
+
+
+def _overlapping_layers(size=20):
+  """Planted images where one label sits in two part layers on the same or overlapping pixels.
+
+  Red (unit 0) fires where label 9's two part layers overlap (image 0); green (unit 1) exactly on
+  label 8, which both part layers carry on the same square (image 1): by the definition its IoU
+  is 1, the layer-summing reading gives 2; blue (unit 2) on a square of label 10 in image 2, which
+  also carries 10 as an image-level label (and scene 12 listed twice) in image 2.
+  """
+  def square(y0, y1, x0, x1, value=1):
+    m = np.zeros((size, size), np.int32)
+    m[y0:y1, x0:x1] = value
+    return m
+  items = []
+  img = np.zeros((size, size, 3), np.uint8)
+  img[5:9, 5:9, 0] = 200                                         # A & A'
+  items.append({'image': img, 'masks': {'part': [square(2, 9, 2, 9, 9), square(5, 12, 5, 12, 9)],
+                                        'object': [square(0, 10, 0, 10, 4)]}})
+  img = np.zeros((size, size, 3), np.uint8)
+  img[10:16, 3:9, 1] = 150                                       # B
+  items.append({'image': img, 'masks': {'part': [square(10, 16, 3, 9, 8), square(10, 16, 3, 9, 8)]},
+                'image_labels': {'scene': [12]}})
+  img = np.zeros((size, size, 3), np.uint8)
+  img[0:3, 0:3, 2] = 99                                          # C, inside label 10's square
+  items.append({'image': img, 'masks': {'part': [square(0, 6, 0, 6, 10)]},
+                'image_labels': {'part': [10], 'scene': [12, 12]}})
+  items.append({'image': np.zeros((size, size, 3), np.uint8),
+                'masks': {'color': [square(0, 20, 0, 20, 1)]}})
+  return items
+
+
+def test_label_counts_once_per_pixel(broden_factory):
+  ds = broden.open_broden(broden_factory(CATS, LABELS, _overlapping_layers()))
+  ops = (convstack.Op('conv', 3, 1, 1, 0),)                      # 1x1: the map is the image
+  model = convstack.ConvStack(ops, preprocessing='none', rngs=nnx.Rngs(0))
+  model.features_0.kernel[...] = jnp.eye(3)[None, None]
+  model.features_0.bias[...] = jnp.zeros(3)
+  tau = 0.3
+  cfg = dissect.DissectConfig(layers=('features.0',), tau=tau, batch_size=2, progress=False)
+  got = dissect.dissect(model, ds, cfg).layers['features.0']
+  thr, ref = _brute_force(model, ds, 'features.0', tau)
+  np.testing.assert_array_equal(thr, 0)                           # masks = the coloured squares
+  for field in ('inter', 'label_pixels', 'act_paper', 'act_lite'):
+    np.testing.assert_array_equal(getattr(got.counts, field), getattr(ref, field), err_msg=field)
+  _, summed = _brute_force(model, ds, 'features.0', tau, summed_layers=True)
+  for den in ('paper', 'lite'):
+    scores, _ = iou.iou(got.counts, ds.primary, den)
+    assert scores.max() <= 1.0
+    assert scores[1, 8] == 1.0                  # unit 1's mask is label 8's square, in 2 layers
+    assert scores[0, 9] == 16 / 82              # A & A' (4x4) over label 9's set A | A' (49+49-16)
+    old, _ = iou.iou(summed, ds.primary, den)
+    print(f'{den}: IoU(unit 1, label 8) {scores[1, 8]} (layers summed: {old[1, 8]}); '
+          f'IoU(unit 2, label 10) {scores[2, 10]:.4f} (summed: {old[2, 10]:.4f})')
+    assert old[1, 8] == 2.0 and old.max() > 1.0                   # what the fixture catches
+  assert ref.label_pixels[10] == 400 and ref.inter[2, 10] == 9    # image-level 10 covers image 2
