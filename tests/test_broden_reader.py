@@ -117,3 +117,66 @@ def test_not_a_directory(tmp_path):
     broden.open_broden(tmp_path / 'nope')
   with pytest.raises(broden.BrodenFormatError, match='category.csv is missing'):
     broden.open_broden(tmp_path)
+
+
+def _png(path, image):
+  image.save(path, format='PNG')
+
+
+def _png16_rgb(path, labels):
+  """A 16-bit-per-channel RGB PNG written chunk by chunk (PIL cannot write one): R = the label."""
+  import struct
+  import zlib
+  h, w = labels.shape
+  rgb = np.zeros((h, w, 3), '>u2')
+  rgb[..., 0] = labels
+  raw = b''.join(b'\x00' + rgb[y].tobytes() for y in range(h))
+  def chunk(kind, data):
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+  header = struct.pack('>IIBBBBB', w, h, 16, 2, 0, 0, 0)           # 16 bits, colour type 2: RGB
+  path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
+                   + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+
+
+def test_palette_and_rgba_masks_decode_as_rgb(tmp_path):
+  obj, _, _ = _fixture(tmp_path)
+  ds = broden.open_broden(tmp_path)
+  path = tmp_path / 'images' / 'ade' / 'a_object.png'
+  # P: palette index 0 -> (0, 0, 0), 1 -> (44, 1, 0) = label 300, 2 -> (2, 0, 0) = label 2
+  index = np.select([obj == 300, obj == 2], [1, 2], 0).astype(np.uint8)
+  pal = Image.fromarray(index, 'P')
+  pal.putpalette([0, 0, 0, 44, 1, 0, 2, 0, 0])
+  _png(path, pal)
+  assert Image.open(path).mode == 'P'
+  np.testing.assert_array_equal(ds.load_labels(0)[0][0], obj)
+  # RGBA: the alpha channel is ignored (even where it is 0)
+  rgba = np.zeros(obj.shape + (4,), np.uint8)
+  rgba[..., 0], rgba[..., 1] = obj % 256, obj // 256
+  rgba[..., 3] = np.arange(obj.size).reshape(obj.shape)
+  _png(path, Image.fromarray(rgba))
+  np.testing.assert_array_equal(ds.load_labels(0)[0][0], obj)
+
+
+@pytest.mark.parametrize('named,write', [
+    ('mode L image', lambda p, a: _png(p, Image.fromarray(a.astype(np.uint8)))),
+    ('mode I;16 image', lambda p, a: _png(p, Image.fromarray(a.astype(np.uint16)))),
+    ('mode LA image', lambda p, a: _png(p, Image.fromarray(np.stack([a, a], -1).astype(np.uint8)))),
+    ('mode 1 image', lambda p, a: _png(p, Image.fromarray(a > 0))),
+    # I and F cannot be PNGs; a TIFF under the mask's name is what a converter might leave behind
+    ('mode I image', lambda p, a: Image.fromarray(a.astype(np.int32)).save(p, format='TIFF')),
+    ('mode F image', lambda p, a: Image.fromarray(a.astype(np.float32)).save(p, format='TIFF')),
+    ('16-bit-per-channel RGB image', _png16_rgb),
+])
+def test_non_rgb_masks_are_format_errors(tmp_path, named, write):
+  """Masks that are not 8-bit R, G, B used to become other labels (L value v -> label 257 v; a
+  16-bit RGB PNG kept the high bytes only: here label 0 everywhere, silently)."""
+  _fixture(tmp_path)
+  ds = broden.open_broden(tmp_path)
+  labels = np.zeros((4, 5), np.int64)
+  labels[0, :3] = 2                          # a known label: only the mode is wrong
+  write(tmp_path / 'images' / 'ade' / 'a_object.png', labels)
+  with pytest.raises(broden.BrodenFormatError) as e:
+    ds.load_labels(0)
+  message = str(e.value)
+  assert 'a_object.png' in message and named in message and '\n' not in message
+  assert 'must be' in message and 'RGB' in message and 'R + 256' in message

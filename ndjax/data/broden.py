@@ -89,7 +89,10 @@ class BrodenDataset:
     """One label layer as int32 global label numbers: R + 256*G (wide ints: no uint8 overflow)."""
     try:
       with Image.open(source) as im:
+        _check_mask_mode(im, where)
         rgb = np.asarray(im.convert('RGB')).astype(np.int32)
+    except BrodenFormatError:
+      raise
     except (OSError, SyntaxError, ValueError) as e:
       raise BrodenFormatError(f'cannot decode mask {where}: {e}') from None
     if rgb.shape[:2] != (rec.sh, rec.sw):
@@ -111,6 +114,28 @@ class BrodenDataset:
     layers = [self.load_mask(rel, rec) for rel in rec.mask_files]
     stack = (np.stack(layers) if layers else np.zeros((0, rec.sh, rec.sw), np.int32))
     return stack, np.asarray(rec.image_labels, np.int32)
+
+
+# Mask modes whose RGB conversion keeps R and G: RGB, RGBA (alpha dropped), P (palette -> RGB).
+MASK_MODES = ('RGB', 'RGBA', 'P')
+
+
+def _check_mask_mode(im: Image.Image, where) -> None:
+  """Refuse masks whose pixels are not 8-bit R, G, B: their conversion invents other labels.
+
+  Why: PIL converts anything to RGB without complaint. A grayscale (L) value v becomes
+  (v, v, v), i.e. label 257*v; 16-bit, 1-bit and integer/float modes are rescaled or clipped; a
+  16-bit-per-channel RGB PNG opens as mode RGB but keeps only each channel's high byte. Any of
+  these would silently count the wrong labels, so it is a format error instead.
+  """
+  if im.mode not in MASK_MODES:
+    what = f'mode {im.mode}'
+  elif any(str(tile[3]).endswith(';16B') for tile in im.tile):    # raw mode of the PNG decoder
+    what = f'16-bit-per-channel {im.mode}'
+  else:
+    return
+  raise BrodenFormatError(f'mask {where} is a {what} image: Broden masks must be 8-bit RGB, RGBA '
+                          'or palette images holding label = R + 256*G')
 
 
 def _read_csv(path: pathlib.Path, required: tuple[str, ...]) -> list[dict[str, str]]:
