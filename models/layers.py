@@ -28,6 +28,15 @@ import numpy as np
 from flax import nnx
 
 
+# --- numerical policy ------------------------------------------------------------------------------
+# Every convolution and matmul of the models runs at this precision, passed explicitly. Why: on
+# accelerators XLA's DEFAULT precision is not float32 (TPUs multiply in one bf16 pass, NVIDIA GPUs
+# may use TF32 with a 10-bit mantissa), so the same weights would give activations that differ by
+# ~1e-3 relative between CPU and GPU/TPU, and T_k and the masks with them. 'highest' asks for full
+# float32 products everywhere; on CPU it changes nothing. The engine records it in results.json.
+PRECISION = 'highest'
+
+
 # --- geometry values ------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Geo:
@@ -161,7 +170,7 @@ class Conv2d(nnx.Module):
     y = jax.lax.conv_general_dilated(
         x, self.kernel[...], (self.stride, self.stride), [(self.padding, self.padding)] * 2,
         rhs_dilation=(self.dilation, self.dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        feature_group_count=self.groups)
+        feature_group_count=self.groups, precision=PRECISION)
     return y if self.bias is None else y + self.bias[...]
 
 
@@ -193,7 +202,7 @@ class Linear(nnx.Module):
     self.bias = _param(bias_init((out_features,)))
 
   def __call__(self, x):
-    return x @ self.kernel[...] + self.bias[...]
+    return jnp.matmul(x, self.kernel[...], precision=PRECISION) + self.bias[...]
 
 
 # --- parameter-free ops (arrays or Geo) -----------------------------------------------------------
@@ -267,7 +276,7 @@ def adaptive_avg_pool(x, output_size: int):
       matrix[i, start:stop] = 1.0 / (stop - start)
     return matrix
   rows, cols = (jnp.asarray(averaging(n)) for n in x.shape[1:3])
-  return jnp.einsum('oh,bhwc,pw->bopc', rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum('oh,bhwc,pw->bopc', rows, x, cols, precision=PRECISION)
 
 
 def add(main, shortcut):
