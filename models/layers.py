@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 
-# --- numerical policy ------------------------------------------------------------------------------
+# --- numerical policy -----------------------------------------------------------------------------
 # Every convolution and matmul of the models runs at this precision, passed explicitly. Why: on
 # accelerators XLA's DEFAULT precision is not float32 (TPUs multiply in one bf16 pass, NVIDIA GPUs
 # may use TF32 with a 10-bit mantissa), so the same weights would give activations that differ by

@@ -119,9 +119,9 @@ def _exact_01_matmul(spec: str, a, b):
   """einsum of 0/1 operands as bf16 inputs with f32 accumulation: exact, and the fast path.
 
   Why not precision=HIGHEST here: 0 and 1 are exact in bf16 and every sum is an integer below
-  2^24 (a count of one image's pixels, or of the labels at one pixel), so bf16 x bf16 -> f32 loses nothing on any device
-  (TPU MXU, GPU tensor cores, CPU), while HIGHEST would run several f32 passes for nothing. Only
-  operands that are 0/1 may come here.
+  2^24 (a count of one image's pixels, or of the labels at one pixel), so bf16 x bf16 -> f32
+  loses nothing on any device (TPU MXU, GPU tensor cores, CPU), while HIGHEST would run several
+  f32 passes for nothing. Only operands that are 0/1 may come here.
   """
   return jnp.einsum(spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
                     preferred_element_type=jnp.float32)
