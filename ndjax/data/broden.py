@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 INDEX_FIXED_COLUMNS = ('image', 'split', 'ih', 'iw', 'sh', 'sw')
+MAX_LABEL = 256 * 256 - 1        # largest label number a mask's R + 256*G can carry
 
 
 class BrodenFormatError(ValueError):
@@ -168,24 +169,35 @@ def _float(value: str, where: str) -> float:
     raise BrodenFormatError(f'{where}: expected a number, got {value!r}') from None
 
 
-def primary_categories(root: pathlib.Path, categories: list[str], num_labels: int) -> np.ndarray:
-  """Primary category of each label: the c_<cat>.csv listing it with the largest coverage.
+def primary_from_coverage(coverage: np.ndarray, member: np.ndarray) -> np.ndarray:
+  """int32 (N,) primary category of each label from its coverage (N, C) in the categories that
+  list it (member, bool (N, C)); -1 for a label listed in none.
 
-  Ties go to the category that comes later in category.csv (NetDissect-Lite's rule). The image
-  counts in label.csv's `category` field are NOT coverage and are not used.
+  The rule: the category with the largest coverage; ties go to the category that comes later in
+  category.csv (NetDissect-Lite's rule). The one copy of it, for files and in-memory sets alike.
   """
-  best_cov = np.full(num_labels, -np.inf)
-  primary = np.full(num_labels, -1, np.int32)
+  cov = np.where(member, coverage, -np.inf)
+  # argmax takes the FIRST maximum: search the reversed category axis to prefer the later one
+  last = cov.shape[1] - 1 - np.argmax(cov[:, ::-1], axis=1)
+  return np.where(member.any(axis=1), last, -1).astype(np.int32)
+
+
+def primary_categories(root: pathlib.Path, categories: list[str], num_labels: int) -> np.ndarray:
+  """Primary category of each label from the c_<cat>.csv files (`primary_from_coverage`).
+
+  The image counts in label.csv's `category` field are NOT coverage and are not used.
+  """
+  coverage = np.zeros((num_labels, len(categories)))
+  member = np.zeros((num_labels, len(categories)), bool)
   for ci, cat in enumerate(categories):
     path = root / f'c_{cat}.csv'
     for r, row in enumerate(_read_csv(path, ('code', 'number', 'name', 'frequency', 'coverage'))):
       num = _int(row['number'], f'{path} row {r + 2} number')
       if not 0 < num < num_labels:
         raise BrodenFormatError(f'{path} row {r + 2}: label {num} is not in label.csv')
-      cov = _float(row['coverage'], f'{path} row {r + 2} coverage')
-      if cov >= best_cov[num]:           # >=: later categories win ties
-        best_cov[num], primary[num] = cov, ci
-  return primary
+      coverage[num, ci] = _float(row['coverage'], f'{path} row {r + 2} coverage')
+      member[num, ci] = True
+  return primary_from_coverage(coverage, member)
 
 
 def open_broden(root: str | os.PathLike, check_files: bool = True) -> BrodenDataset:

@@ -23,18 +23,14 @@ left out with a note; write the set with `ndjax.probes.broden_writer` to get the
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import pathlib
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from ndjax.data import broden
 from ndjax.data.broden import BrodenDataset, BrodenFormatError, ImageRecord
-from ndjax.probes.broden_writer import MAX_LABEL
 
 
 @dataclasses.dataclass
@@ -172,8 +168,8 @@ def _label_names(labels) -> list[str]:
   if not items:
     _fail('labels is empty')
   for num, name in items:
-    if not _is_int(num) or not 0 < num <= MAX_LABEL:
-      _fail(f'label number {num!r} must be an integer in 1..{MAX_LABEL} (0 means none)')
+    if not _is_int(num) or not 0 < num <= broden.MAX_LABEL:
+      _fail(f'label number {num!r} must be an integer in 1..{broden.MAX_LABEL} (0 means none)')
     if not isinstance(name, str) or name in ('', '-'):
       _fail(f'label {num} has name {name!r}; names must be non-empty strings other than "-"')
   names = ['-'] * (max(int(num) for num, _ in items) + 1)
@@ -354,25 +350,4 @@ def _coverage(tagged, num_labels: int, num_cats: int, cats: list[str], names: li
 
 def _computed_primary(tagged, cats: list[str], num_labels: int, names: list[str]) -> np.ndarray:
   coverage, images = _coverage(tagged, num_labels, len(cats), cats, names)
-  return _primary_from_coverage(coverage, images > 0)
-
-
-def _primary_from_coverage(coverage: np.ndarray, member: np.ndarray) -> np.ndarray:
-  """int32 (N,) primary category of each label from coverage float (N, C) over the categories a
-  label is listed in (member bool (N, C)); -1 where it is in none.
-
-  Why through files: the rule (largest coverage, ties to the later category) lives in one place,
-  `broden.primary_categories`, which reads c_<category>.csv files; writing those for it (one small
-  csv per category, exact float repr, once per probe set) keeps this set's primaries identical to
-  the directory reader's by construction instead of by a second copy of the rule.
-  """
-  num_labels, num_cats = coverage.shape
-  with tempfile.TemporaryDirectory(prefix='ndjax_primary_') as tmp:
-    root = pathlib.Path(tmp)
-    for c in range(num_cats):        # files named by index: category names need not be filenames
-      with open(root / f'c_{c}.csv', 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['code', 'number', 'name', 'frequency', 'coverage'])
-        for code, num in enumerate(np.flatnonzero(member[:, c]), 1):
-          writer.writerow([code, int(num), '', 0, repr(float(coverage[num, c]))])
-    return broden.primary_categories(root, [str(c) for c in range(num_cats)], num_labels)
+  return broden.primary_from_coverage(coverage, images > 0)

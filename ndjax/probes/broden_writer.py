@@ -27,9 +27,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from ndjax.data.broden import MAX_LABEL   # largest number R + 256*G can carry
+
 CATEGORIES = ('color', 'object', 'part', 'material', 'scene', 'texture')
 INDEX_HEADER = ('image', 'split', 'ih', 'iw', 'sh', 'sw')
-MAX_LABEL = 256 * 256 - 1        # largest number R + 256*G can carry
 
 
 def encode_mask(labels: np.ndarray) -> np.ndarray:
