@@ -2,11 +2,16 @@ r"""Interpretability across layers and across runs: unique detectors per categor
 
   python -m ndjax.compare RESULT_DIR... [--out=./ndjax_compare]
 
-Each RESULT_DIR is a run folder (`<outdir>/<run>`, its layer subfolders taken in the order they were
-dissected) or one layer folder (`<outdir>/<run>/<layer>`). Only results.json is read (its
-`unique_detectors`); nothing is recomputed. Writes to --out, each figure as PNG and SVG:
-- `layers_<run>`: per run, one stacked bar per layer (the paper's Fig. 13, across layers);
-- `runs_<layer>`: per layer name found in two or more runs, one bar per run (Fig. 14: training
+Each RESULT_DIR is a run folder (`<outdir>/<run>`: its layer and view folders, layers in the order
+they were dissected, each layer's plain folder before its views) or one layer or view folder
+(`<outdir>/<run>/<layer>[@<view>]`). Folders are read by `ndjax.results`; only results.json's
+`unique_detectors` is used, nothing is recomputed. A bar is named by its folder (`conv5_3`,
+`conv5_3@rot_s0_a0.5`), so views of one layer stand side by side. Writes to --out, each figure as
+PNG and SVG:
+- `layers_<run>`: per run, one stacked bar per folder (the paper's Fig. 13, across layers);
+- `views_<run>_<layer>`: per layer with two or more views in a run, one bar per view (Sec 3.2:
+  a rotation alpha sweep, a tau sweep, user directions against the layer's own units);
+- `runs_<folder>`: per folder name found in two or more runs, one bar per run (Fig. 14: training
   conditions, seeds, random vs trained);
 - `runs`: with two or more runs, each run's deepest given layer side by side (Fig. 9: across
   architectures, whose last layers have different names);
@@ -28,6 +33,7 @@ import re
 from absl import app, flags
 
 from ndjax import cli, fileio, report
+from ndjax import results as results_lib
 
 PROG = 'ndjax.compare'
 
@@ -43,63 +49,47 @@ class CompareError(ValueError):
 class LayerResult:
   run: str                          # run label (the run folder's name, made unique)
   layer: str
-  path: pathlib.Path                # the layer folder
+  path: pathlib.Path                # the layer or view folder
   unique_detectors: dict[str, int]  # category -> unique detector concepts, as results.json says
   units: int
+  folder: str = ''                  # 'conv5_3' or 'conv5_3@rot_s0_a0.5': what a bar is named
+  view: str = ''                    # the view's name; '' = the plain layer
+
+  def __post_init__(self):
+    self.folder = self.folder or self.layer
 
   @property
   def total(self) -> int:
     return sum(self.unique_detectors.values())
 
 
-def _read_results(layer_dir: pathlib.Path) -> dict:
-  path = layer_dir / 'results.json'
+def _find(path) -> list[results_lib.ViewDir]:
+  """`results.find`, its one-line errors as CompareErrors (the CLI's bad-input path)."""
   try:
-    doc = json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError) as e:
-    raise CompareError(f'{path} is not a readable dissection results.json ({e})') from None
-  missing = [key for key in ('layer', 'unique_detectors')
-             if not isinstance(doc, dict) or key not in doc]
-  if missing:
-    raise CompareError(f'{path} is not a readable dissection results.json '
-                       f'(no {", ".join(missing)})')
-  return doc
+    return results_lib.find(path)
+  except results_lib.ResultsError as e:
+    raise CompareError(str(e)) from None
 
 
 def find_layer_dirs(path: str | os.PathLike) -> list[pathlib.Path]:
-  """A layer folder -> [it]; a run folder -> its layer subfolders in dissection order."""
-  path = pathlib.Path(path)
-  if not path.is_dir():
-    raise CompareError(f'{path} is not a directory')
-  if (path / 'results.json').is_file():
-    return [path]
-  subdirs = [d for d in sorted(path.iterdir()) if (d / 'results.json').is_file()]
-  if not subdirs:
-    raise CompareError(f'{path} holds no results.json, nor do its subfolders: give a run folder '
-                       '(<outdir>/<run>) or a layer folder (<outdir>/<run>/<layer>)')
-  order = _read_results(subdirs[0]).get('resolved', {}).get('layers') or []
-  rank = {name: i for i, name in enumerate(order)}
-  return sorted(subdirs, key=lambda d: (rank.get(d.name, len(rank)), d.name))
+  """A layer or view folder -> [it]; a run folder -> its folders in `results.find`'s order."""
+  return [found.path for found in _find(path)]
 
 
 def load(paths) -> list[LayerResult]:
-  """Every layer of the given folders, in the order given; a run's label is its folder name,
+  """Every folder of the given paths, in the order given; a run's label is its folder name,
   extended by its parent folder where two runs share a name."""
-  layer_dirs = []
+  found, seen = [], set()
   for p in paths:
-    for d in find_layer_dirs(p):
-      if d.resolve() not in {x.resolve() for x in layer_dirs}:
-        layer_dirs.append(d)
-  run_dirs = list(dict.fromkeys(d.resolve().parent for d in layer_dirs))
+    for f in _find(p):
+      if f.path.resolve() not in seen:
+        seen.add(f.path.resolve())
+        found.append(f)
+  run_dirs = list(dict.fromkeys(f.path.resolve().parent for f in found))
   names = collections.Counter(r.name for r in run_dirs)
   label = {r: (r.name if names[r.name] == 1 else f'{r.parent.name}/{r.name}') for r in run_dirs}
-  out = []
-  for d in layer_dirs:
-    doc = _read_results(d)
-    out.append(LayerResult(label[d.resolve().parent], doc['layer'], d,
-                           {c: int(n) for c, n in doc['unique_detectors'].items()},
-                           len(doc.get('units', []))))
-  return out
+  return [LayerResult(label[f.path.resolve().parent], f.layer, f.path, f.unique_detectors,
+                      len(f.units), f.folder, f.view.name) for f in found]
 
 
 def category_order(results: list[LayerResult]) -> list[str]:
@@ -109,24 +99,38 @@ def category_order(results: list[LayerResult]) -> list[str]:
 
 def figures(results: list[LayerResult]) -> dict[str, tuple[str, list[tuple[str, LayerResult]]]]:
   """{file stem: (title, [(bar label, layer result)])} for every figure the inputs call for."""
-  runs = collections.defaultdict(list)
-  for r in results:
-    runs[r.run].append(r)
+  runs = _group(results, lambda r: r.run)
   out = {}
   for run, layers in runs.items():
     out[f'layers_{_slug(run)}'] = (f'{run}: unique detectors across layers',
-                                   [(r.layer, r) for r in layers])
-  by_layer = collections.defaultdict(list)
-  for r in results:
-    by_layer[r.layer].append(r)
-  for layer, members in by_layer.items():
+                                   [(r.folder, r) for r in layers])
+    for layer, views in _group(layers, lambda r: r.layer).items():
+      if len(views) >= 2:
+        out[f'views_{_slug(run)}_{_slug(layer)}'] = (
+            f'{run} {layer}: unique detectors across views', [(r.folder, r) for r in views])
+  for folder, members in _group(results, lambda r: r.folder).items():
     if len({r.run for r in members}) >= 2:
-      out[f'runs_{_slug(layer)}'] = (f'{layer}: unique detectors across runs',
-                                     [(r.run, r) for r in members])
+      out[f'runs_{_slug(folder)}'] = (f'{folder}: unique detectors across runs',
+                                      [(r.run, r) for r in members])
   if len(runs) >= 2:
+    deepest = {run: _deepest(layers) for run, layers in runs.items()}
     out['runs'] = ('unique detectors across runs (deepest given layer of each)',
-                   [(f'{run}\n{layers[-1].layer}', layers[-1]) for run, layers in runs.items()])
+                   [(f'{run}\n{r.folder}', r) for run, r in deepest.items()])
   return out
+
+
+def _group(results: list[LayerResult], key) -> dict[str, list[LayerResult]]:
+  out = collections.defaultdict(list)
+  for r in results:
+    out[key(r)].append(r)
+  return out
+
+
+def _deepest(layers: list[LayerResult]) -> LayerResult:
+  """The run's last given layer, read plainly where it was: a run compared with another architecture
+  should be its layer's own units, not whichever view happens to sort last."""
+  last = [r for r in layers if r.layer == layers[-1].layer]
+  return next((r for r in last if not r.view), last[0])
 
 
 def _slug(name: str) -> str:
@@ -151,7 +155,11 @@ def plot(title: str, bars: list[tuple[str, LayerResult]], categories: list[str])
   for i, total in enumerate(bottoms):
     ax.annotate(str(total), (i, total), xytext=(0, 3), textcoords='offset points', ha='center',
                 va='bottom', fontsize=9)
-  ax.set_xticks(x, [label for label, _ in bars], fontsize=9)
+  labels = [label for label, _ in bars]
+  # folder names of views ('conv5_3@rot_s0_a0.5') are wider than a bar: slant them
+  slant = max(len(line) for label in labels for line in label.split('\n')) > 12
+  ax.set_xticks(x, labels, fontsize=9, rotation=25 if slant else 0,
+                ha='right' if slant else 'center', rotation_mode='anchor')
   ax.set_ylabel('unique detectors (concepts)')
   ax.set_ylim(0, max(max(bottoms) * 1.12, 1))
   ax.set_title(title, fontsize=11)
@@ -184,7 +192,8 @@ def compare(paths, out: str | os.PathLike) -> list[pathlib.Path]:
         fileio.atomic_write(path, buf.getvalue())
         written.append(path)
       numbers[stem] = {'title': title, 'bars': [
-          {'label': label, 'run': r.run, 'layer': r.layer, 'path': str(r.path.resolve()),
+          {'label': label, 'run': r.run, 'layer': r.layer, 'folder': r.folder, 'view': r.view,
+           'path': str(r.path.resolve()),
            'unique_detectors': {c: r.unique_detectors.get(c, 0) for c in categories},
            'total': r.total} for label, r in bars]}
   path = out / 'compare.json'
@@ -194,7 +203,7 @@ def compare(paths, out: str | os.PathLike) -> list[pathlib.Path]:
 
 def summary_lines(results: list[LayerResult]) -> list[str]:
   categories = category_order(results)
-  return [f'{r.run}/{r.layer}: {r.total} unique concepts among {r.units} units — ' +
+  return [f'{r.run}/{r.folder}: {r.total} unique concepts among {r.units} units — ' +
           ', '.join(f'{c} {r.unique_detectors.get(c, 0)}' for c in categories) for r in results]
 
 
@@ -204,8 +213,8 @@ def main(argv: list[str]) -> None:
   for name in ('absl', 'jax', 'matplotlib'):
     logging.getLogger(name).setLevel(logging.WARNING)
   if len(argv) < 2:
-    cli.fail('give one or more result folders: run folders (<outdir>/<run>) or layer folders',
-             PROG)
+    cli.fail('give one or more result folders: run folders (<outdir>/<run>) or layer or view '
+             'folders (<outdir>/<run>/<layer>[@<view>])', PROG)
   try:
     for line in summary_lines(load(argv[1:])):
       print(line)

@@ -1,9 +1,10 @@
-r"""The dissection report: one self-contained HTML page per layer, drawn from the layer's outputs.
+r"""The dissection report: one self-contained HTML page per layer or view, drawn from its outputs.
 
-  python -m ndjax.report <outdir>/<run>/<layer> [more layer folders] [--k=10]
+  python -m ndjax.report <outdir>/<run>/<layer>[@<view>] [more such folders] [--k=10]
 
-`write_report(layer_dir)` reads what the dissection wrote into the layer folder (results.json,
-topk.npz) and the probe images, and never recomputes the dissection. It writes
+`write_report(layer_dir)` reads what the dissection wrote into the folder (results.json,
+topk.npz, through `ndjax.results`) and the probe images, and never recomputes the dissection. A
+view's page (`<layer>@<view>`) is titled by its folder name and says what the view is. It writes
 `<layer_dir>/report.html`, which opens from disk with no network: every image is inlined as
 base64, CSS and JS are inline. The page holds
 - the summary line (the same text the CLI prints, from `tally.summary_line`);
@@ -22,7 +23,6 @@ import collections
 import html
 import io
 import itertools
-import json
 import logging
 import pathlib
 import sys
@@ -34,6 +34,7 @@ from absl import app, flags
 from PIL import Image
 
 from ndjax import fileio, tally, upsample
+from ndjax import results as results_lib
 from ndjax.data import broden, open_dataset
 
 REPORT_NAME = 'report.html'
@@ -61,14 +62,18 @@ def category_color(category: str) -> str:
 
 
 def load_results(layer_dir: str | pathlib.Path) -> dict:
-  path = pathlib.Path(layer_dir) / 'results.json'
-  if not path.is_file():
-    raise FileNotFoundError(f'{path} is missing: {layer_dir} is not a dissected layer folder')
-  return json.loads(path.read_text())
+  """results.json of a layer or view folder, read (and checked) by the shared `ndjax.results`."""
+  return results_lib.load(layer_dir).results
 
 
-def summary(results: dict) -> str:
-  """The CLI's summary line for this layer, rebuilt from results.json by `tally.summary_line`."""
+def folder_name(results: dict) -> str:
+  """The folder the page is about ('conv5', 'conv5@rot_s0_a0.5'): the CLI's summary lines and the
+  compare figures name a view by it, so the page does too."""
+  return results.get('folder') or results['layer']
+
+
+def summary(results: dict, folder: str | None = None) -> str:
+  """The CLI's summary line for this folder, rebuilt from results.json by `tally.summary_line`."""
   categories = list(results['unique_detectors'])    # category.csv order, as the dissection wrote it
   units = results['units']
   label_ids = {name: i for i, name in enumerate(sorted({u['label'] for u in units}))}
@@ -77,7 +82,7 @@ def summary(results: dict) -> str:
       best_label=np.array([label_ids[u['label']] for u in units], np.int64),
       best_cat=np.array([categories.index(u['category']) for u in units], np.int64))
   ds = types.SimpleNamespace(categories=categories)
-  return tally.summary_line(results['layer'], labels, ds, results['iou_threshold'])
+  return tally.summary_line(folder or folder_name(results), labels, ds, results['iou_threshold'])
 
 
 def concept_counts(results: dict) -> dict[str, list[tuple[str, int]]]:
@@ -201,14 +206,6 @@ def thumbnail_jpeg(image: np.ndarray) -> bytes:
 
 def _data_uri(kind: str, payload: bytes) -> str:
   return f'data:{kind};base64,{base64.b64encode(payload).decode("ascii")}'
-
-
-def _load_topk(layer_dir: pathlib.Path) -> dict | None:
-  path = layer_dir / 'topk.npz'
-  if not path.is_file():
-    return None
-  with np.load(path) as z:
-    return {name: z[name] for name in ('images', 'values', 'maps', 'map_hw')}
 
 
 def _open_probe(results: dict):
@@ -367,8 +364,14 @@ SCRIPT = """
 
 
 def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: int,
-           note: str = '') -> str:
-  """The report page as one string (ASCII: non-ASCII text goes in as character references)."""
+           note: str = '', folder: str | None = None) -> str:
+  """The report page as one string (ASCII: non-ASCII text goes in as character references).
+
+  `folder` names the page (default: results.json's "folder"); a view's page says what the view is
+  (rotation seed and alpha, directions file, tau), since views of one layer look alike otherwise.
+  """
+  folder = folder or folder_name(results)
+  view = results_lib.ViewRecord.from_results(results, folder)
   threshold = results['iou_threshold']
   units = results['units']
   categories = category_order(results['unique_detectors'])
@@ -379,12 +382,15 @@ def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: 
     note = note or 'No topk.npz in this folder (dissected with --topk=0): strips are not drawn.'
   resolved = results.get('resolved', {})
   run = pathlib.Path(resolved.get('run_dir', '') or '.').name
-  flags_used = results.get('flags', {})
+  tau = results.get('flags', {}).get('tau') if view.tau is None else f'{view.tau:g}'
+  precision = f'; precision {results["precision"]}' if results.get('precision') else ''
   meta = (f'{results.get("activation", "")}; weights {resolved.get("weights")}; probe '
           f'{resolved.get("dataset")} ({results.get("images_used")}/{results.get("images")} images '
-          f'used); tau {flags_used.get("tau")}; upsample {results["upsample"]["mode"]}; '
+          f'used); tau {tau}; upsample {results["upsample"]["mode"]}; '
           f'denominator {results.get("denominator")}; detector: IoU > {threshold:g}; '
-          f'top {k} images per unit')
+          f'top {k} images per unit{precision}')
+  view_line = ('' if view.plain else f'<p class="view" id="view">View {html.escape(view.name)}: '
+               f'{html.escape(view.describe())}</p>')
   rows = []
   for u in units:
     n, cat = u['unit'], u['category']
@@ -401,7 +407,7 @@ def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: 
   order = sorted(range(len(units)), key=lambda i: (-units[i]['iou'], units[i]['unit']))
   options = ''.join(f'<option value="{html.escape(c)}">{html.escape(c)}</option>'
                     for c in categories)
-  title = f'{run} / {results["layer"]}'
+  title = f'{run} / {folder}'
   page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -410,7 +416,8 @@ def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: 
 <style>{''.join(image_css)}</style>
 </head><body>
 <h1>Network Dissection: {html.escape(title)}</h1>
-<p class="summary" id="summary">{html.escape(summary(results))}</p>
+<p class="summary" id="summary">{html.escape(summary(results, folder))}</p>
+{view_line}
 <p class="meta">{html.escape(meta)}</p>
 {f'<p class="note">{html.escape(note)}</p>' if note else ''}
 <h2>Detector units per concept</h2>
@@ -434,15 +441,14 @@ a unit number for its page</span></div>
 
 def write_report(layer_dir, k: int = 10) -> pathlib.Path:
   """Write `<layer_dir>/report.html` (atomically) from the layer's outputs; return its path."""
-  layer_dir = pathlib.Path(layer_dir)
-  results = load_results(layer_dir)
-  top = _load_topk(layer_dir)
+  found = results_lib.load(layer_dir)
+  results, top = found.results, found.top
   ds, note = (None, '')
   if top is not None and k > 0:
     ds, note = _open_probe(results)
   k = min(k, top['images'].shape[1]) if top is not None else k
-  path = layer_dir / REPORT_NAME
-  fileio.atomic_write(str(path), render(results, top, ds, k, note))
+  path = found.path / REPORT_NAME
+  fileio.atomic_write(str(path), render(results, top, ds, k, note, found.folder))
   return path
 
 
@@ -452,12 +458,15 @@ def main(argv):
   for name in ('absl', 'jax', 'matplotlib'):
     logging.getLogger(name).setLevel(logging.WARNING)
   if len(argv) < 2:
-    raise app.UsageError('give one or more layer folders (<outdir>/<run>/<layer>)')
+    raise app.UsageError('give one or more layer or view folders (<outdir>/<run>/<layer>[@<view>])')
   for layer_dir in argv[1:]:
     try:
       print(write_report(layer_dir, flags.FLAGS.k))
-    except (FileNotFoundError, KeyError, json.JSONDecodeError) as e:
-      print(f'ndjax.report: error: {layer_dir}: {e}', file=sys.stderr)
+    except results_lib.ResultsError as e:        # its message names the file
+      print(f'ndjax.report: error: {e}', file=sys.stderr)
+      sys.exit(2)
+    except KeyError as e:
+      print(f'ndjax.report: error: {layer_dir}: results.json has no {e}', file=sys.stderr)
       sys.exit(2)
 
 

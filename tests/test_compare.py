@@ -120,3 +120,63 @@ def test_cli_bad_input_is_one_line(tmp_path):
   assert r.stderr.strip().splitlines() == [
       f'ndjax.compare: error: {tmp_path} holds no results.json, nor do its subfolders: give a run '
       'folder (<outdir>/<run>) or a layer folder (<outdir>/<run>/<layer>)']
+
+
+def _view_folder(run_dir, source, folder, view, unique):
+  """A view folder with `source`'s results.json, as the CLI writes it for `view`."""
+  doc = json.loads((source / 'results.json').read_text())
+  doc.update(folder=folder, view=view, unique_detectors=unique)
+  (run_dir / folder).mkdir(parents=True)
+  (run_dir / folder / 'results.json').write_text(json.dumps(doc))
+  return run_dir / folder
+
+
+def _rotation(alpha):
+  return {'name': f'rot_s0_a{alpha:g}', 'kind': 'rotation', 'tau': 0.005, 'seed': 0,
+          'alpha': alpha, 'units': 256, 'orthogonality_error': 1e-7, 'det': 1.0}
+
+
+def test_views_side_by_side(runs, tmp_path):
+  """An alpha sweep: bars named by folder, a figure per layer across its views, and the plain
+  layer (not a view) standing for a run in the cross-run figure."""
+  sweep = {}
+  for seed, alphas in ((1, (0.5, 1.0)), (2, (1.0,))):
+    run_dir = tmp_path / 'sweep' / f'alexnet_s{seed}'
+    for layer in ('conv3', 'conv5'):
+      src = runs[seed] / layer
+      _view_folder(run_dir, src, layer, {'name': '', 'kind': 'identity', 'tau': 0.005},
+                   _unique(src))
+    for i, a in enumerate(alphas):    # made-up counts, different from the plain layer's
+      plain = _unique(runs[seed] / 'conv5')
+      unique = {c: n + 2 * i + 1 + j for j, (c, n) in enumerate(plain.items())}
+      _view_folder(run_dir, runs[seed] / 'conv5', f'conv5@rot_s0_a{a:g}', _rotation(a), unique)
+    sweep[seed] = run_dir
+  results = compare.load([sweep[1], sweep[2]])
+  assert [(r.run, r.folder, r.view) for r in results] == [
+      ('alexnet_s1', 'conv3', ''), ('alexnet_s1', 'conv5', ''),
+      ('alexnet_s1', 'conv5@rot_s0_a0.5', 'rot_s0_a0.5'),
+      ('alexnet_s1', 'conv5@rot_s0_a1', 'rot_s0_a1'),
+      ('alexnet_s2', 'conv3', ''), ('alexnet_s2', 'conv5', ''),
+      ('alexnet_s2', 'conv5@rot_s0_a1', 'rot_s0_a1')]
+  lines = compare.summary_lines(results)
+  unique = _unique(sweep[1] / 'conv5@rot_s0_a0.5')
+  assert lines[2].startswith(f'alexnet_s1/conv5@rot_s0_a0.5: {sum(unique.values())} unique '
+                             'concepts among 256 units')
+  out = tmp_path / 'cmp'
+  written = compare.compare([sweep[1], sweep[2]], out)
+  stems = {'layers_alexnet_s1', 'views_alexnet_s1_conv5', 'layers_alexnet_s2',
+           'views_alexnet_s2_conv5', 'runs_conv3', 'runs_conv5', 'runs_conv5_rot_s0_a1', 'runs'}
+  assert {p.name for p in written} == ({f'{s}.{x}' for s in stems for x in ('png', 'svg')}
+                                       | {'compare.json'})
+  s1 = sweep[1]
+  _check_figure(out, 'views_alexnet_s1_conv5', [(f, s1 / f) for f in (
+      'conv5', 'conv5@rot_s0_a0.5', 'conv5@rot_s0_a1')])
+  _check_figure(out, 'layers_alexnet_s1', [(f, s1 / f) for f in (
+      'conv3', 'conv5', 'conv5@rot_s0_a0.5', 'conv5@rot_s0_a1')])
+  _check_figure(out, 'runs_conv5_rot_s0_a1', [(f'alexnet_s{s}', sweep[s] / 'conv5@rot_s0_a1')
+                                              for s in (1, 2)])
+  _check_figure(out, 'runs', [(f'alexnet_s{s}\nconv5', sweep[s] / 'conv5') for s in (1, 2)])
+  bars = json.loads((out / 'compare.json').read_text())['views_alexnet_s1_conv5']['bars']
+  assert [(b['folder'], b['view']) for b in bars] == [
+      ('conv5', ''), ('conv5@rot_s0_a0.5', 'rot_s0_a0.5'), ('conv5@rot_s0_a1', 'rot_s0_a1')]
+  assert 'conv5@rot_s0_a0.5' in (out / 'views_alexnet_s1_conv5.svg').read_text()

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ndjax import report, topk
+from ndjax import report, results, topk
 from ndjax.data import broden
 from tests.conftest import dissected_runs
 
@@ -162,6 +162,43 @@ def test_report_without_topk_or_probe(layer_dir, tmp_path):
   assert text.count('class="mask"') == int(np.sum(top['images'][:, :3] >= 0)) - int(
       np.sum(top['images'][:, :3] == damaged))
 
+
+
+def _view_page(layer_dir, root, folder, view):
+  """A view folder with the plain layer's results.json and tally.csv, its view record changed."""
+  path = root / 'run' / folder
+  path.mkdir(parents=True)
+  shutil.copy(layer_dir / 'tally.csv', path / 'tally.csv')
+  doc = dict(_results(layer_dir), folder=folder, view=view)
+  (path / 'results.json').write_text(json.dumps(doc))
+  return _parse(report.write_report(path)), path
+
+
+def test_view_pages_say_what_the_view_is(layer_dir, tmp_path):
+  """Title, summary line and a view line name the folder and the view; a plain page has none."""
+  plain = (layer_dir / report.REPORT_NAME).read_text()
+  run = layer_dir.parent.name
+  assert f'<h1>Network Dissection: {run} / conv5</h1>' in plain and 'id="view"' not in plain
+  rotation = {'name': 'rot_s3_a0.5_tau0.01', 'kind': 'rotation', 'tau': 0.01, 'seed': 3,
+              'alpha': 0.5, 'units': 256, 'orthogonality_error': 3e-07, 'det': 1.0}
+  page, path = _view_page(layer_dir, tmp_path, 'conv5@rot_s3_a0.5_tau0.01', rotation)
+  text = (path / report.REPORT_NAME).read_text()
+  assert f'<h1>Network Dissection: {run} / conv5@rot_s3_a0.5_tau0.01</h1>' in text
+  assert page.text['summary'].startswith('conv5@rot_s3_a0.5_tau0.01: ')
+  # the same counts as the plain layer's summary, only the name differs
+  assert page.text['summary'].strip().split(': ', 1)[1] == _parse(
+      layer_dir / report.REPORT_NAME).text['summary'].strip().split(': ', 1)[1]
+  line = page.text['view']
+  assert line.startswith('View rot_s3_a0.5_tau0.01: rotation Q^0.5 ')
+  assert 'seed 3' in line and '256 units' in line and 'tau 0.01' in line
+  assert '; tau 0.01; ' in text and '; tau [' not in text     # the view's tau, not the flag list
+  directions = {'name': 'dir_mydirs', 'kind': 'directions', 'tau': 0.005,
+                'file': '/data/mydirs.npy', 'sha256': 'ab' * 32, 'shape': [256, 7]}
+  page, _ = _view_page(layer_dir, tmp_path, 'conv5@dir_mydirs', directions)
+  assert page.text['view'].startswith('View dir_mydirs: 7 directions from /data/mydirs.npy '
+                                      '(sha256 abababababab), thresholded at tau 0.005')
+  with pytest.raises(results.ResultsError, match='holds no results.json'):
+    report.write_report(tmp_path)
 
 # ---- the page in real headless Chromium -------------------------------------------------------
 
