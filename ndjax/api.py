@@ -241,7 +241,7 @@ def write_outputs(out: DissectOutput, ds, run_dir: str, *, model=None, meta: dic
                                            iou_threshold))
     if report:
       from ndjax import report as report_lib
-      report_lib.write_report(folder, k=topk)
+      report_lib.write_report(folder, k=topk, dataset=ds)
     lines.append(tally.summary_line(res.folder, labels, ds, iou_threshold))
   return lines
 

@@ -439,13 +439,17 @@ a unit number for its page</span></div>
   return page.encode('ascii', 'xmlcharrefreplace').decode('ascii')
 
 
-def write_report(layer_dir, k: int = 10) -> pathlib.Path:
-  """Write `<layer_dir>/report.html` (atomically) from the layer's outputs; return its path."""
+def write_report(layer_dir, k: int = 10, dataset=None) -> pathlib.Path:
+  """Write `<layer_dir>/report.html` (atomically) from the layer's outputs; return its path.
+
+  dataset: the probe set the run used, when the caller holds it (an in-memory set has no path in
+  results.json to reopen); else it is reopened from results.json.
+  """
   found = results_lib.load(layer_dir)
   results, top = found.results, found.top
   ds, note = (None, '')
   if top is not None and k > 0:
-    ds, note = _open_probe(results)
+    ds, note = (dataset, '') if dataset is not None else _open_probe(results)
   k = min(k, top['images'].shape[1]) if top is not None else k
   path = found.path / REPORT_NAME
   fileio.atomic_write(str(path), render(results, top, ds, k, note, found.folder))

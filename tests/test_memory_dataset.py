@@ -144,11 +144,14 @@ def test_dissection_is_identical(tmp_path):
     np.testing.assert_array_equal(mine.top.images, theirs.top.images)
     np.testing.assert_array_equal(mine.top.values, theirs.top.values)
 
-  # the outputs are written from the object; the report, which reopens the probe set from a
-  # path, has none to open and says so instead of failing
+  # the outputs are written from the object; the report draws its strips from it
   lines = api.write_outputs(out, in_memory, str(tmp_path / 'run'), model=model, topk=3)
   assert len(lines) == 2
   page = (tmp_path / 'run' / 'features.2' / 'report.html').read_text()
+  assert 'unavailable' not in page and 'background-image:url' in page
+  # a report rebuilt later from the folder alone has no path to reopen, and says so
+  from ndjax import report
+  page = report.write_report(tmp_path / 'run' / 'features.2', k=3).read_text()
   assert 'unavailable' in page and 'background-image:url' not in page
 
 
