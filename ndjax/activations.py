@@ -14,17 +14,21 @@ import jax
 from flax import nnx
 
 
-def structure_key(graphdef) -> str:
+def structure_key(graphdef) -> tuple:
   """A fingerprint of an nnx graph definition (module tree and static attributes, not weights).
 
   GraphDefs of these models hold dict attributes and are not hashable, so they cannot key jit's
-  own cache; their repr is deterministic and equal for equal structures.
+  own cache; their repr is deterministic and equal for equal structures. The repr names classes
+  only by their bare name, so the classes' identities join the key: a class redefined with the
+  same name (a notebook edit of `trunk`) is another structure. The cache holds the first
+  graphdef, which keeps those classes alive, so their ids are never reused by another class.
   """
-  return hashlib.sha1(repr(graphdef).encode()).hexdigest()
+  types = tuple(id(getattr(n, 'type', None)) for n in getattr(graphdef, 'nodes', ()))
+  return hashlib.sha1(repr(graphdef).encode()).hexdigest(), types
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(key: str, taps: tuple[str, ...], mesh) -> tuple[Callable, list]:
+def _compiled(key: tuple, taps: tuple[str, ...], mesh) -> tuple[Callable, list]:
   holder = []       # the first graphdef seen for this structure; equal structures share it
 
   def forward(state, images):

@@ -89,6 +89,8 @@ def resolve_layers(model, layers: Sequence[str] | None = None) -> list[str]:
   """`layers` (or the model's default: its last conv layer) checked against what it has."""
   from ndjax import models
   module = getattr(model, 'module', model)
+  if isinstance(layers, str):
+    layers = [layers]
   layers = list(layers) if layers else list(models.default_layers(module))
   if len(set(layers)) != len(layers):
     raise NdjaxError(f'a layer is listed twice: {",".join(layers)}')
@@ -124,8 +126,8 @@ def open_probe(dataset=None, probe: str = 'composite', probe_images: int = 1000,
     else:
       raise NdjaxError(f'unknown probe set {probe!r}; valid: composite, synthetic')
     return open_dataset(str(path))
-  except broden.BrodenFormatError as e:
-    raise NdjaxError(str(e)) from None
+  except (broden.BrodenFormatError, ValueError) as e:   # a probe set that cannot be built
+    raise NdjaxError(' '.join(str(e).split())) from None
 
 
 def dissect(model, dataset=None, layers: Sequence[str] | None = None, *,

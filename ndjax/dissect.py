@@ -233,18 +233,20 @@ def make_plan(model, ds, cfg: DissectConfig) -> Plan:
     views = {l: views_lib.build(cfg.views, units[l]) for l in layers}
   except views_lib.ViewError as e:
     raise DissectError(str(e)) from None
-  need = {}
+  need, width = {}, {}
   for l in layers:
     for group in views_lib.taus_by_basis(views[l]).values():
       d = units[l] if group[0].matrix is None else group[0].matrix.shape[1]
       m = max(thresholds.buffer_size(max_n[l], v.tau) for v in group)
       need[l] = need.get(l, 0.0) + m * d * 4 / 2**30
+      width[l] = width.get(l, 0) + d
   if sum(need.values()) > cfg.max_buffer_gb:
     worst = max(need, key=need.get)
     raise DissectError(
         f'exact thresholds need {sum(need.values()):.1f} GB of top-m buffers ({worst}: '
-        f'{max_n[worst]:,} values per unit x {units[worst]} units, taus {cfg.views.taus}), over '
-        f'the {cfg.max_buffer_gb:g} GB cap; dissect that layer on fewer images or alone')
+        f'{max_n[worst]:,} values per unit x {width[worst]} units over its views, taus '
+        f'{cfg.views.taus}), over the {cfg.max_buffer_gb:g} GB cap; dissect that layer on fewer '
+        'images, with fewer views, or alone')
   mats = {}
   for key, per_layer in shapes.items():
     for l, (h, w, _) in per_layer.items():
@@ -330,16 +332,21 @@ def dissect(model, ds, cfg: DissectConfig) -> DissectOutput:
   ckpt = _Checkpoints(cfg, ds, plan)
   saved = ckpt.saved
   phase, done = (1, 0) if saved is None else (int(saved['phase']), int(saved['done']))
+  after_pass1: set[int] = set()          # bad images known when the thresholds were taken
   if saved is not None:
     for i in np.asarray(saved['bad']).tolist():
       if i >= 0:
         bad.items.setdefault(int(i), 'skipped before the resume')
+    after_pass1 = {i for i in np.asarray(saved['bad_pass1']).tolist() if i >= 0}
     for j, b in enumerate(bases):
       b.restore(saved['bases'][f'b{j}'], phase)
 
+  def ids(items) -> np.ndarray:
+    return np.array(sorted(items) or [-1], np.int64)
+
   def state(ph: int, pos: int) -> dict:
-    return dict(phase=np.array(ph), done=np.array(pos),
-                bad=np.array(sorted(bad.items) or [-1], np.int64),
+    return dict(phase=np.array(ph), done=np.array(pos), bad=ids(bad.items),
+                bad_pass1=ids(after_pass1 if ph == 2 else bad.items),
                 bases={f'b{j}': b.state(ph) for j, b in enumerate(bases)})
 
   cache = ActivationCache(cfg.cache_gb, cfg.cache_dir)
@@ -362,8 +369,11 @@ def dissect(model, ds, cfg: DissectConfig) -> DissectOutput:
       if ckpt.due(pos, len(batches)):
         ckpt.save(state(1, pos))
     _merge_bad_images(bad, ds)
-    after_pass1 = set(bad.items)
     if phase == 1:
+      after_pass1 = set(bad.items)
+      if len(after_pass1) >= len(ds.records):
+        raise DissectError(f'none of the {len(ds.records)} probe images could be decoded '
+                           '(see the warnings above); nothing to dissect')
       for b in bases:
         b.finish_pass1(max_hw[b.layer], num_labels, num_cats)
       ckpt.save(state(2, 0))
@@ -414,7 +424,7 @@ def dissect(model, ds, cfg: DissectConfig) -> DissectOutput:
   results.sort(key=lambda r: (layers.index(r.layer), order[id(r.view)]))
   resumed = None if saved is None else {'phase': int(saved['phase']), 'done': int(saved['done'])}
   # images whose masks failed in pass 2: their activations already entered T_k
-  late = sorted(set(bad.items) - after_pass1) if phase == 1 else []
+  late = sorted(set(bad.items) - after_pass1)
   return DissectOutput(results, dict(bad.items), used, timings, resumed, late)
 
 

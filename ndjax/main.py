@@ -40,10 +40,10 @@ flags.DEFINE_list('layers', None, 'Layers to dissect, comma-separated: paper nam
 flags.DEFINE_list('tau', ['0.005'], 'Top quantile(s), comma-separated: T_k = numpy.quantile(unit k '
                   'values, 1 - tau), exact. Several taus share one forward pass; the first is the '
                   'plain <layer> folder, the others go to <layer>@tau<T>.')
-flags.DEFINE_enum('rotation', 'none', ['none', 'random'], "'random': also read each layer in a "
-                  'rotated basis Q^alpha (paper Sec 3.2): Q Haar-uniform on SO(K) from '
-                  '--rotation_seed, alpha from --rotation_alpha (0 = the layer itself, 1 = Q); '
-                  'outputs in <layer>@rot_s<seed>_a<alpha>.')
+flags.DEFINE_enum('rotation', 'none', ['none', 'random'], "'random': read each layer in rotated "
+                  'bases Q^alpha (paper Sec 3.2): Q Haar-uniform on SO(K) from --rotation_seed, '
+                  'one view per --rotation_alpha, in <layer>@rot_s<seed>_a<alpha>; alpha 0 is the '
+                  'layer itself, written to the plain <layer> folder (list 0 to get it too).')
 flags.DEFINE_integer('rotation_seed', 0, 'Seed of the random rotation Q (jax.random).')
 flags.DEFINE_list('rotation_alpha', ['1'], 'Fractions alpha in [0, 1] along the geodesic from I '
                   'to Q, comma-separated; each is one view.')
@@ -112,11 +112,12 @@ def view_spec():
   return ViewSpec(
       taus=_floats('tau', FLAGS.tau, 0.0, 1.0, closed=False),
       rotation_seed=FLAGS.rotation_seed if FLAGS.rotation == 'random' else None,
-      rotation_alphas=_floats('rotation_alpha', FLAGS.rotation_alpha, 0.0, 1.0, closed=True),
+      rotation_alphas=(_floats('rotation_alpha', FLAGS.rotation_alpha, 0.0, 1.0, closed=True)
+                       if FLAGS.rotation == 'random' else ()),
       directions=tuple(FLAGS.directions))
 
 
-def _check_writable(run_dir: str) -> None:
+def _check_writable(run_dir: str, flag: str = "outdir") -> None:
   """Fail before any work if the run directory could not be created and written.
 
   Nothing is created here: the layer folders appear only when their results are complete.
@@ -126,13 +127,13 @@ def _check_writable(run_dir: str) -> None:
     path = os.path.dirname(path)
   if not os.path.isdir(path):
     raise UserError(f'cannot write to output directory {run_dir}: {path} is not a directory; '
-                    'choose another --outdir')
+                    f'choose another --{flag}')
   try:
     with tempfile.NamedTemporaryFile(dir=path, prefix='.ndjax_probe_'):
       pass
   except OSError as e:
     raise UserError(f'cannot write to output directory {run_dir}: {e.strerror or e}; '
-                    'choose another --outdir') from None
+                    f'choose another --{flag}') from None
 
 
 def run() -> list[str]:
@@ -149,6 +150,13 @@ def run() -> list[str]:
     raise UserError(f'--batch_size must be positive, got {FLAGS.batch_size}')
   if not 0.0 <= FLAGS.iou_threshold < 1.0:
     raise UserError(f'--iou_threshold must be in [0, 1), got {FLAGS.iou_threshold}')
+  if not 0.0 <= FLAGS.cache_gb < 1e6:      # also refuses nan and inf
+    raise UserError(f'--cache_gb must be a size in GB >= 0, got {FLAGS.cache_gb}')
+  for name in ('topk', 'checkpoint_every', 'devices'):
+    if getattr(FLAGS, name) < 0:
+      raise UserError(f'--{name} must be >= 0, got {getattr(FLAGS, name)}')
+  if FLAGS.probe_images < 1:
+    raise UserError(f'--probe_images must be positive, got {FLAGS.probe_images}')
   try:
     views = view_spec()
     model = api.build_model(FLAGS.model, FLAGS.seed)
@@ -156,7 +164,10 @@ def run() -> list[str]:
     weights = FLAGS.weights or api.default_weights(FLAGS.model)
     run_dir = os.path.join(FLAGS.outdir, FLAGS.run_name or api.run_name(FLAGS.model, weights,
                                                                         FLAGS.seed))
-    _check_writable(run_dir)
+    for where, flag in ((run_dir, 'outdir'), (FLAGS.cache_dir, 'cache_dir'),
+                        (FLAGS.checkpoint_dir, 'checkpoint_dir')):
+      if where:
+        _check_writable(where, flag)
     ds = api.open_probe(FLAGS.dataset, FLAGS.probe, FLAGS.probe_images, FLAGS.progress)
     api.set_weights(model, weights)
     layers = api.resolve_layers(model, FLAGS.layers)   # weights can end a trunk early (CRAFT)
@@ -176,15 +187,23 @@ def run() -> list[str]:
   if jax.process_index() != 0:        # every process holds the merged result; one writes it
     return []
   out.timings['total'] = wall
+  return _write(out, ds, model, layers, run_dir, wall)
+
+
+def _write(out, ds, model, layers, run_dir, wall) -> list[str]:
+  from ndjax import api, results
   meta = {'flags': {f: getattr(FLAGS, f) for f in (
               'model', 'weights', 'seed', 'dataset', 'layers', 'tau', 'rotation', 'rotation_seed',
               'rotation_alpha', 'directions', 'iou_threshold', 'upsample', 'denominator',
               'batch_size', 'outdir', 'run_name', 'cache_gb', 'skip_bad_images', 'topk')},
           'resolved': {'weights': model.weights, 'dataset': str(getattr(ds, 'root', '')),
                        'layers': layers, 'run_dir': os.path.abspath(run_dir)}}
-  lines = api.write_outputs(out, ds, run_dir, model=model, meta=meta,
-                            denominator=FLAGS.denominator, iou_threshold=FLAGS.iou_threshold,
-                            upsample=FLAGS.upsample, report=FLAGS.report, topk=FLAGS.topk)
+  try:
+    lines = api.write_outputs(out, ds, run_dir, model=model, meta=meta,
+                              denominator=FLAGS.denominator, iou_threshold=FLAGS.iou_threshold,
+                              upsample=FLAGS.upsample, report=FLAGS.report, topk=FLAGS.topk)
+  except (OSError, results.ResultsError) as e:
+    raise UserError(f'writing the outputs under {run_dir} failed: {e}') from None
   for line in lines:
     print(line, flush=True)
   print(f'wrote {os.path.abspath(run_dir)} ({len(ds.records)} images, {wall:.1f} s)', flush=True)

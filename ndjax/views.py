@@ -11,8 +11,9 @@ this way: interpretability is not a property of the space, but of its axes).
 Views combine as a product (every rotation alpha and every direction file, at every tau).
 
 Naming: a view's name is '' for the identity at the run's first tau (its outputs go to the plain
-`<layer>` folder, as without views), else `<kind>[_tau<tau>]` with kind `rot_s<seed>_a<alpha>`,
-`dir_<file stem>` or `identity`; outputs go to `<layer>@<name>`.
+`<layer>` folder, as without views), else `[<basis>_]tau<tau>` or `<basis>` with basis
+`rot_s<seed>_a<alpha>` or `dir_<file stem>` (numbers in their shortest exact decimal form);
+outputs go to `<layer>@<name>`. Two views with one name are refused, never overwritten.
 """
 from __future__ import annotations
 
@@ -42,10 +43,6 @@ class View:
   @property
   def basis_key(self) -> str:
     """Views with the same basis share threshold buffers, top-k lists and transformed maps."""
-    return self.name_of_basis
-
-  @property
-  def name_of_basis(self) -> str:
     return self.meta.get('basis', 'identity')
 
   def folder(self, layer: str) -> str:
@@ -74,6 +71,8 @@ class ViewSpec:
     if len(set(self.taus)) != len(self.taus):
       raise ViewError(f'a tau is listed twice: {",".join(f"{t:g}" for t in self.taus)}')
     if self.rotation_seed is not None:
+      if not 0 <= self.rotation_seed < 2**31:
+        raise ViewError(f'rotation seed {self.rotation_seed} is outside [0, 2^31)')
       if not self.rotation_alphas:
         raise ViewError('give at least one rotation alpha')
       if len(set(self.rotation_alphas)) != len(self.rotation_alphas):
@@ -84,7 +83,8 @@ class ViewSpec:
 
 
 def _fmt(x: float) -> str:
-  return f'{x:g}'
+  """Shortest exact decimal: 0.5, 1, 0.01000001 (never two numbers with one name)."""
+  return np.format_float_positional(float(x), trim='-')
 
 
 def _load_directions(path: str, units: int) -> np.ndarray:
@@ -92,6 +92,10 @@ def _load_directions(path: str, units: int) -> np.ndarray:
     d = np.load(path, allow_pickle=False)
   except (OSError, ValueError) as e:
     raise ViewError(f'--directions file {path} is not a readable .npy array: {e}') from None
+  if not isinstance(d, np.ndarray):          # an .npz archive
+    d.close()
+    raise ViewError(f'--directions file {path} is an .npz archive; save one (K, D) matrix '
+                    'with numpy.save as .npy')
   if d.ndim != 2 or d.shape[0] != units or d.shape[1] < 1:
     raise ViewError(f'--directions file {path} holds shape {d.shape}; expected (K, D) with '
                     f'K = {units} units of the layer and D >= 1 directions')
@@ -140,18 +144,19 @@ def build(spec: ViewSpec, units: int) -> list[View]:
     stem = os.path.splitext(os.path.basename(path))[0]
     bases.append((f'dir_{stem}', 'directions', d,
                   dict(file=os.path.abspath(path), sha256=digest, shape=list(d.shape))))
-  names = [b[0] for b in bases]
-  if len(set(names)) != len(names):
-    raise ViewError(f'two views share the name {sorted(n for n in names if names.count(n) > 1)[0]!r}: '
-                    'give direction files distinct names')
   views = []
   for basis, kind, matrix, meta in bases:
     for i, tau in enumerate(spec.taus):
       parts = [] if basis == 'identity' else [basis]
       if i > 0:
         parts.append(f'tau{_fmt(tau)}')
-      name = '_'.join(parts) if parts else ('' if i == 0 else 'identity')
-      views.append(View(name, float(tau), kind, matrix, dict(meta, basis=basis)))
+      views.append(View('_'.join(parts), float(tau), kind, matrix, dict(meta, basis=basis)))
+  names = [v.name for v in views]
+  for n in names:
+    if names.count(n) > 1:
+      raise ViewError(f'two views would share the folder name {n or "<layer>"!r} (e.g. a '
+                      'directions file named like a tau suffix, or alpha 0 twice): rename the '
+                      'file or drop the duplicate')
   return views
 
 

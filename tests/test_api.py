@@ -82,3 +82,22 @@ def test_labels_of_plain_view_equal_tally(ds):
   assert res is out.results[0] and res.view.name == '' and res.folder == 'features.1'
   labels = tally.label_units(res.counts, ds, 'lite')
   assert labels.best_iou.shape == (5,)
+
+
+def test_forward_cache_tells_same_named_classes_apart():
+  """A class redefined under the same name (a notebook edit) must not reuse the old code."""
+  import jax.numpy as jnp
+
+  def make(scale):
+    class Net(nnx.Module):
+      def __init__(self):
+        self.w = nnx.Param(jnp.ones(()))
+
+      def __call__(self, images, taps):
+        return {'out': images.astype(jnp.float32) * self.w[...] * scale}
+    return Net()
+
+  images = np.ones((1, 2, 2, 3), np.uint8)
+  one = activations.make_forward(make(1.0), ('out',))(images)['out']
+  hundred = activations.make_forward(make(100.0), ('out',))(images)['out']
+  np.testing.assert_array_equal(np.asarray(hundred), 100 * np.asarray(one))

@@ -163,12 +163,31 @@ def test_cli_view_flags_documented_and_checked(tmp_path):
     assert flag in r.stdout, flag
   data = make_broden(tmp_path / 'b', CATS, LABELS, random_images(np.random.default_rng(1), 4))
   np.save(tmp_path / 'wide.npy', np.ones((7, 2), np.float32))
+  np.savez(tmp_path / 'd.npz', d=np.ones((256, 2), np.float32))
+  np.save(tmp_path / 'a.npy', np.ones((256, 2), np.float32))
+  np.save(tmp_path / 'a_tau0.01.npy', np.ones((256, 3), np.float32))
   for args, needle in ((['--rotation=random', '--rotation_alpha=2'], '--rotation_alpha=2 is outside [0, 1]'),
                        (['--tau=0.005,abc'], '--tau=abc is not a number'),
                        ([f'--directions={tmp_path / "none.npy"}'], 'is not a readable .npy'),
-                       ([f'--directions={tmp_path / "wide.npy"}'], 'expected (K, D) with K = 256')):
+                       ([f'--directions={tmp_path / "wide.npy"}'], 'expected (K, D) with K = 256'),
+                       ([f'--directions={tmp_path / "d.npz"}'], 'is an .npz archive'),
+                       ([f'--directions={tmp_path / "a.npy"},{tmp_path / "a_tau0.01.npy"}',
+                         '--tau=0.005,0.01'], "share the folder name 'dir_a_tau0.01'"),
+                       (['--cache_gb=nan'], '--cache_gb must be a size in GB >= 0'),
+                       (['--topk=-1'], '--topk must be >= 0')):
     r = ndjax('--model=alexnet', '--weights=random', f'--dataset={data}', f'--outdir={tmp_path / "o"}',
               *args)
     assert r.returncode == 2 and 'Traceback' not in r.stderr and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / 'o').exists()
+
+
+def test_view_names_are_exact_and_distinct():
+  from ndjax import views
+  built = views.build(views.ViewSpec(taus=(0.005, 0.01, 0.01000001), rotation_seed=2,
+                                     rotation_alphas=(0.0, 0.25, 1.0)), 4)
+  assert [v.name for v in built] == [
+      '', 'tau0.01', 'tau0.01000001', 'rot_s2_a0.25', 'rot_s2_a0.25_tau0.01',
+      'rot_s2_a0.25_tau0.01000001', 'rot_s2_a1', 'rot_s2_a1_tau0.01', 'rot_s2_a1_tau0.01000001']
+  with pytest.raises(views.ViewError, match='listed twice'):
+    views.ViewSpec(rotation_seed=0, rotation_alphas=(0.5, 0.5))
