@@ -1,7 +1,9 @@
 """Model registry: name -> constructor taking `rngs=nnx.Rngs(seed)`; each mirrors torchvision.
 
 All models share the contract of `models.layers.TapModel`: `model(images_uint8_nhwc, taps)`,
-`resolve`, `layer_names`, `describe`, `rf_geometry`, `logits`, `arch`, `preprocessing`.
+`preprocess` + `forward(x_float, taps, logits=, edits=, nonlinearity=, rngs=)` (differentiable,
+editable, train mode via `model.train()`), `resolve`, `layer_names`, `describe`, `rf_geometry`,
+`receptive_field`, `logits`, `arch`, `preprocessing`.
 """
 from __future__ import annotations
 

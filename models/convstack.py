@@ -12,7 +12,6 @@ import dataclasses
 import functools
 from typing import Sequence
 
-import jax
 from flax import nnx
 
 from ndjax.models import layers
@@ -27,6 +26,7 @@ class Op:
   stride: int = 1
   padding: int = 0
   ceil_mode: bool = False
+  rate: float = 0.5              # dropout probability
 
 
 def vgg_ops(cfg: Sequence, batch_norm: bool = False) -> tuple[Op, ...]:
@@ -75,7 +75,7 @@ ALEXNET_OPS = (
     Op('conv', 256, 3, 1, 1), Op('relu'), Op('pool', kernel=3, stride=2),
 )
 
-# torchvision's classifiers, in `classifier.N` order (dropout is the identity in eval mode).
+# torchvision's classifiers, in `classifier.N` order (Dropout(0.5): the identity in eval mode).
 VGG_CLASSIFIER = (Op('linear', 4096), Op('relu'), Op('dropout'), Op('linear', 4096), Op('relu'),
                   Op('dropout'), Op('linear', 0))
 ALEXNET_CLASSIFIER = (Op('dropout'), Op('linear', 4096), Op('relu'), Op('dropout'),
@@ -112,6 +112,9 @@ class ConvStack(layers.TapModel):
         c = op.out
       elif op.kind == 'bn':
         self.add_layer(f'features.{i}', layers.BatchNorm2d(c))
+    for i, op in enumerate(self.classifier_ops):
+      if op.kind == 'dropout':
+        self.add_layer(f'classifier.{i}', layers.dropout(op.rate))
     self.out_channels = c
     self.aliases = {name: f'features.{i}' for name, i in paper_names(self.ops, block_style).items()}
     self.num_classes = None
@@ -126,7 +129,7 @@ class ConvStack(layers.TapModel):
       if op.kind in ('conv', 'bn'):
         x = self.run(rec, path, x, _DESCRIPTIONS[op.kind])
       elif op.kind == 'relu':
-        x = rec(path, layers.relu(x), _DESCRIPTIONS['relu'])
+        x = rec(path, rec.relu(x), _DESCRIPTIONS['relu'])
       elif op.kind == 'pool':
         x = rec(path, layers.max_pool(x, op.kernel, op.stride, op.padding, op.ceil_mode),
                 _DESCRIPTIONS['pool'])
@@ -134,13 +137,16 @@ class ConvStack(layers.TapModel):
         raise ValueError(f'{path}: op kind {op.kind!r} does not belong in a conv trunk')
     return rec('features', x, f'output of the features Sequential (= features.{len(self.ops) - 1})')
 
-  def head(self, features):
+  def head(self, features, rec: layers.Recorder | None = None):
+    rec = rec or layers.Recorder({})
     x = layers.flatten_nchw(layers.adaptive_avg_pool(features, self.pool_size))
     for i, op in enumerate(self.classifier_ops):
       if op.kind == 'linear':
         x = self.layer(f'classifier.{i}')(x)
       elif op.kind == 'relu':
-        x = jax.nn.relu(x)
+        x = rec.relu(x)
+      elif op.kind == 'dropout':
+        x = rec.dropout(self.layer(f'classifier.{i}'), x)
     return x
 
   def head_paths(self) -> tuple[str, ...]:

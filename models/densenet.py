@@ -56,17 +56,17 @@ class DenseNet(layers.TapModel):
   def _dense_layer(self, path: str, inputs: list, rec):
     x = layers.concat(inputs)
     x = self.run(rec, f'{path}.norm1', x, 'BatchNorm2d of the concatenated inputs (pre-ReLU)')
-    x = rec(f'{path}.relu1', layers.relu(x), 'ReLU output (post-ReLU)')
+    x = rec(f'{path}.relu1', rec.relu(x), 'ReLU output (post-ReLU)')
     x = self.run(rec, f'{path}.conv1', x, 'Conv2d output: 1x1 bottleneck (pre-BN/ReLU)')
     x = self.run(rec, f'{path}.norm2', x, 'BatchNorm2d output (pre-ReLU)')
-    x = rec(f'{path}.relu2', layers.relu(x), 'ReLU output (post-ReLU)')
+    x = rec(f'{path}.relu2', rec.relu(x), 'ReLU output (post-ReLU)')
     x = self.run(rec, f'{path}.conv2', x, 'Conv2d output: the new feature maps (pre-BN/ReLU)')
     return rec(path, x, 'DenseNet layer output: its new feature maps (conv2, pre-BN/ReLU)')
 
   def trunk(self, x, rec):
     x = self.run(rec, 'features.conv0', x, 'Conv2d output (pre-BN/ReLU)')
     x = self.run(rec, 'features.norm0', x, 'BatchNorm2d output (pre-ReLU)')
-    x = rec('features.relu0', layers.relu(x), 'ReLU output (post-ReLU)')
+    x = rec('features.relu0', rec.relu(x), 'ReLU output (post-ReLU)')
     x = rec('features.pool0', layers.max_pool(x, 3, 2, 1), 'MaxPool2d output')
     for i, num_layers in enumerate(self.block_config, start=1):
       block = f'features.denseblock{i}'
@@ -78,16 +78,16 @@ class DenseNet(layers.TapModel):
       if i != len(self.block_config):
         path = f'features.transition{i}'
         x = self.run(rec, f'{path}.norm', x, 'BatchNorm2d output (pre-ReLU)')
-        x = rec(f'{path}.relu', layers.relu(x), 'ReLU output (post-ReLU)')
+        x = rec(f'{path}.relu', rec.relu(x), 'ReLU output (post-ReLU)')
         x = self.run(rec, f'{path}.conv', x, 'Conv2d output: 1x1 compression')
         x = rec(f'{path}.pool', layers.avg_pool(x, 2, 2), 'AvgPool2d output')
         x = rec(path, x, 'Transition output: BN, ReLU, 1x1 conv, 2x2 average pool')
     x = self.run(rec, 'features.norm5', x, 'BatchNorm2d output: final features (pre-ReLU)')
     x = rec('features', x, 'output of the features Sequential (= features.norm5, pre-ReLU)')
-    return rec('relu5', layers.relu(x), 'final features after DenseNet.forward\'s F.relu '
+    return rec('relu5', rec.relu(x), 'final features after DenseNet.forward\'s F.relu '
                '(not a module; post-ReLU): what the classifier pools')
 
-  def head(self, features):
+  def head(self, features, rec: layers.Recorder | None = None):
     return self.layer('classifier')(layers.flatten_nchw(layers.adaptive_avg_pool(features, 1)))
 
   def head_paths(self) -> tuple[str, ...]:

@@ -54,6 +54,7 @@ class GoogLeNet(layers.TapModel):
       self.add_layer(f'{path}.conv', layers.Conv2d(cin, cout, kernel, stride, padding, bias=False,
                                                    weight_init=self._weight_init(init)))
       self.add_layer(f'{path}.bn', layers.BatchNorm2d(cout, eps=1e-3))
+    self.dropout = layers.dropout(0.2)     # torchvision's, before fc
     self.aliases = {f'inception_{n[9:]}': n for n in INCEPTIONS}
     self.aliases.update({f'pool{i}': f'maxpool{i}' for i in range(1, 5)})
     self.num_classes = None
@@ -77,7 +78,7 @@ class GoogLeNet(layers.TapModel):
   def _basic_conv(self, path: str, x, rec):
     x = self.run(rec, f'{path}.conv', x, 'Conv2d output (pre-BN, pre-ReLU)')
     x = self.run(rec, f'{path}.bn', x, 'BatchNorm2d output (pre-ReLU)')
-    return rec(path, layers.relu(x), _BASIC_CONV)
+    return rec(path, rec.relu(x), _BASIC_CONV)
 
   def _inception(self, path: str, x, rec):
     b1 = self._basic_conv(f'{path}.branch1', x, rec)
@@ -107,8 +108,10 @@ class GoogLeNet(layers.TapModel):
         x = rec(pool, layers.max_pool(x, kernel, 2, 0, ceil_mode=True), 'MaxPool2d output')
     return x
 
-  def head(self, features):
-    return self.layer('fc')(layers.flatten_nchw(layers.adaptive_avg_pool(features, 1)))
+  def head(self, features, rec: layers.Recorder | None = None):
+    rec = rec or layers.Recorder({})
+    x = layers.flatten_nchw(layers.adaptive_avg_pool(features, 1))
+    return self.layer('fc')(rec.dropout(self.dropout, x))
 
   def head_paths(self) -> tuple[str, ...]:
     return ('fc',)

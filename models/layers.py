@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import difflib
+import functools
 import math
 import os
 from typing import Any, Callable, Sequence
@@ -40,21 +41,53 @@ PRECISION = 'highest'
 # --- geometry values ------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Geo:
-  """The unit grid of a feature map in input pixels: centre of unit j = origin + j * spacing.
+  """The unit grid of a feature map in input pixels: centre of unit j = origin + j * spacing, and
+  each unit sees a square window of `size` input pixels around its centre (its receptive field).
 
-  Input pixel i covers [i, i + 1), so the image itself is Geo(0.5, 1.0, 3). All kernels, strides
-  and paddings of the supported models are square, so one (origin, spacing) holds for both axes.
+  Input pixel i covers [i, i + 1), so the image itself is Geo(0.5, 1.0, 3, 1.0). All kernels,
+  strides and paddings of the supported models are square, so one (origin, spacing, size) holds
+  for both axes. Where branches meet (residual sums, concatenations) the size is the largest
+  branch's: a unit there can see every pixel any branch sees.
   """
   origin: float
   spacing: float
   channels: int
+  size: float = 1.0
 
   def through(self, kernel: int, stride: int, padding: int, dilation: int = 1,
               channels: int | None = None) -> 'Geo':
-    """The grid after a conv/pool: output j's window starts at input j*stride - padding."""
+    """The grid after a conv/pool: output j's window starts at input j*stride - padding, and
+    spans `dilation * (kernel - 1)` more input units, each `spacing` pixels apart."""
     span = dilation * (kernel - 1)
     return Geo(self.origin + self.spacing * (span / 2 - padding), self.spacing * stride,
-               self.channels if channels is None else channels)
+               self.channels if channels is None else channels, self.size + span * self.spacing)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceptiveField:
+  """Where a tap's units look in the input image, in input-pixel coordinates (pixel i covers
+  [i, i + 1)): unit (i, j) is centred at (origin + i * spacing, origin + j * spacing) and sees the
+  `size` x `size` window around that centre (parts of it may lie in the padding, off the image)."""
+  origin: float
+  spacing: float
+  size: float
+
+  def centre(self, index: int) -> float:
+    return self.origin + index * self.spacing
+
+  def window(self, i: int, j: int) -> tuple[float, float, float, float]:
+    """(top, left, bottom, right) of unit (i, j)'s receptive field, unclipped; bottom and right
+    are exclusive, so the window holds `size` pixels along each axis."""
+    half = self.size / 2
+    y, x = self.centre(i), self.centre(j)
+    return y - half, x - half, y + half, x + half
+
+  def pixel_window(self, i: int, j: int, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The window clipped to the image, as integer slice bounds (top, left, bottom, right)."""
+    top, left, bottom, right = self.window(i, j)
+    h, w = image_hw
+    return (max(0, math.floor(top)), max(0, math.floor(left)),
+            min(h, math.ceil(bottom)), min(w, math.ceil(right)))
 
 
 def is_geo(x: Any) -> bool:
@@ -175,11 +208,20 @@ class Conv2d(nnx.Module):
 
 
 class BatchNorm2d(nnx.Module):
-  """torch.nn.BatchNorm2d in eval mode: (x - running_mean) / sqrt(running_var + eps) * w + b."""
+  """torch.nn.BatchNorm2d with torch's conventions in both modes.
+
+  Eval (`use_running_average=True`, the default): (x - running_mean) / sqrt(running_var + eps) *
+  w + b. Train (`model.train()` sets `use_running_average=False`): normalise by the batch's mean
+  and biased variance over (N, H, W), and move the running statistics by `momentum` towards the
+  batch mean and the UNBIASED batch variance (n / (n - 1)), as torch does; those updates are
+  state changes of the module, kept by `nnx.jit` / `nnx.update`.
+  """
   description = 'BatchNorm2d output (pre-activation)'
 
-  def __init__(self, num_features: int, *, eps: float = 1e-5):
+  def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1):
     self.epsilon = eps
+    self.momentum = momentum
+    self.use_running_average = True
     self.scale = _param(np.ones(num_features))
     self.bias = _param(np.zeros(num_features))
     self.mean = nnx.BatchStat(jax.device_put(np.zeros(num_features, np.float32)))
@@ -188,8 +230,27 @@ class BatchNorm2d(nnx.Module):
   def __call__(self, x):
     if is_geo(x):
       return x
-    multiplier = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.epsilon)
-    return (x - self.mean[...]) * multiplier + self.bias[...]
+    if self.use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      count = x.size // x.shape[-1]
+      if count < 2:
+        raise ValueError(f'BatchNorm2d in train mode needs more than one value per channel; got '
+                         f'input of shape {tuple(x.shape)} (use a larger batch or image)')
+      mean = jnp.mean(x, axis=(0, 1, 2))
+      var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+      m = self.momentum
+      self.mean.value = (1 - m) * self.mean[...] + m * mean
+      self.var.value = (1 - m) * self.var[...] + m * var * (count / (count - 1))
+    multiplier = self.scale[...] * jax.lax.rsqrt(var + self.epsilon)
+    return (x - mean) * multiplier + self.bias[...]
+
+
+def dropout(rate: float) -> nnx.Dropout:
+  """torch.nn.Dropout(rate): identity in eval mode; after `model.train()` zeroes each value with
+  probability `rate` and scales the rest by 1 / (1 - rate), drawing from the pass's `nnx.Rngs`
+  ('dropout' stream). It holds no RNG state itself, so checkpoints stay weights + statistics."""
+  return nnx.Dropout(rate, deterministic=True)
 
 
 class Linear(nnx.Module):
@@ -205,15 +266,85 @@ class Linear(nnx.Module):
     return jnp.matmul(x, self.kernel[...], precision=PRECISION) + self.bias[...]
 
 
+# --- the nonlinearity -----------------------------------------------------------------------------
+# Every ReLU and ReLU6 of every model calls the pass's nonlinearity `rule(x, cap)` (cap None: ReLU,
+# cap 6: ReLU6), so one argument of `TapModel.forward` swaps the backward rule through all of them
+# (guided backpropagation, the deconvnet) without touching model code. All rules compute the same
+# forward values; they differ only in what flows backward.
+def _inside(x, cap):
+  """Where torch's ReLU/ReLU6 pass the gradient: strictly above 0 and, with a cap, strictly below
+  it (torch's threshold_backward and hardtanh_backward give 0 AT the kinks)."""
+  inside = x > 0
+  return inside if cap is None else inside & (x < cap)
+
+
+def _clamp(x, cap):
+  y = jnp.maximum(x, 0.0)
+  return y if cap is None else jnp.minimum(y, cap)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def standard(x, cap=None):
+  """ReLU / ReLU6 with torch's derivative (0 at x = 0 and at x = cap; `jnp.clip`'s is 0.5 at a
+  cap, which MobileNetV2 hits often: many of its activations sit exactly at 6)."""
+  return _clamp(x, cap)
+
+
+@standard.defjvp
+def _standard_jvp(cap, primals, tangents):
+  (x,), (t,) = primals, tangents
+  return _clamp(x, cap), jnp.where(_inside(x, cap), t, jnp.zeros_like(t))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def guided(x, cap=None):
+  """Guided backpropagation (Springenberg et al. 2015): backward passes g only where the forward
+  input was inside the linear range AND g > 0."""
+  return _clamp(x, cap)
+
+
+def _guided_fwd(x, cap):
+  return _clamp(x, cap), _inside(x, cap)
+
+
+def _guided_bwd(cap, inside, g):
+  return (jnp.where(inside & (g > 0), g, jnp.zeros_like(g)),)
+
+
+guided.defvjp(_guided_fwd, _guided_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def deconvnet(x, cap=None):
+  """The deconvnet's rule (Zeiler & Fergus 2014): backward rectifies the signal itself, relu(g),
+  whatever the forward input was."""
+  return _clamp(x, cap)
+
+
+def _deconvnet_fwd(x, cap):
+  return _clamp(x, cap), None
+
+
+def _deconvnet_bwd(cap, _, g):
+  return (jnp.maximum(g, 0.0),)
+
+
+deconvnet.defvjp(_deconvnet_fwd, _deconvnet_bwd)
+
+NONLINEARITIES = {'standard': standard, 'guided': guided, 'deconvnet': deconvnet}
+
+
+def nonlinearity_rule(rule: str | Callable) -> Callable:
+  """A rule by name ('standard', 'guided', 'deconvnet') or a callable `rule(x, cap)` as is."""
+  if callable(rule):
+    return rule
+  if rule not in NONLINEARITIES:
+    raise ValueError(f'unknown nonlinearity {rule!r}; valid: {", ".join(NONLINEARITIES)} '
+                     'or a callable rule(x, cap)')
+  return NONLINEARITIES[rule]
+
+
 # --- parameter-free ops (arrays or Geo) -----------------------------------------------------------
-def relu(x):
-  return x if is_geo(x) else jax.nn.relu(x)
-
-
-def relu6(x):
-  return x if is_geo(x) else jnp.clip(x, 0.0, 6.0)
-
-
 def _pool_geometry(size: int, kernel: int, stride: int, padding: int,
                    ceil_mode: bool) -> tuple[int, int]:
   """(output size, padding after the input) of torch's pooling output-size rule."""
@@ -280,18 +411,21 @@ def adaptive_avg_pool(x, output_size: int):
 
 
 def add(main, shortcut):
-  """Residual sum; the geometry is the main branch's (both branches share the grid spacing)."""
+  """Residual sum; the grid is the main branch's (both branches share the grid spacing), the
+  receptive field the larger of the two."""
   if is_geo(main):
     if not math.isclose(main.spacing, shortcut.spacing):
       raise ValueError(f'residual branches on different grids: {main} vs {shortcut}')
-    return main
+    return dataclasses.replace(main, size=max(main.size, shortcut.size))
   return main + shortcut
 
 
 def concat(parts: Sequence):
-  """torch.cat(parts, dim=1) in NHWC; the geometry is the first (main) part's."""
+  """torch.cat(parts, dim=1) in NHWC; the grid is the first (main) part's, the receptive field
+  the largest part's."""
   if is_geo(parts[0]):
-    return dataclasses.replace(parts[0], channels=sum(p.channels for p in parts))
+    return dataclasses.replace(parts[0], channels=sum(p.channels for p in parts),
+                               size=max(p.size for p in parts))
   return jnp.concatenate(parts, axis=-1)
 
 
@@ -312,41 +446,77 @@ PREPROCESSING = {
 }
 
 
-def preprocess(images_uint8: jax.Array, convention: str) -> jax.Array:
-  """uint8 RGB NHWC -> the float input the weights were trained on."""
+def preprocess(images: jax.Array, convention: str) -> jax.Array:
+  """RGB NHWC images in 0-255 (uint8, or float for a differentiable input) -> the float input the
+  weights were trained on. The models' `forward` takes its output, so gradients w.r.t. pixels
+  exist; `deprocess` inverts it."""
   p = PREPROCESSING[convention]
-  x = jnp.asarray(images_uint8).astype(jnp.float32)
+  x = jnp.asarray(images).astype(jnp.float32)
   if p['bgr']:
     x = x[..., ::-1]
   x = x * p['scale']
   return (x - jnp.asarray(p['mean'], jnp.float32)) / jnp.asarray(p['std'], jnp.float32)
 
 
-# --- taps -----------------------------------------------------------------------------------------
+def deprocess(x: jax.Array, convention: str) -> jax.Array:
+  """The inverse of `preprocess`: a model input (or a gradient-sized step in it) back to float RGB
+  0-255 pixels, for showing it as an image."""
+  p = PREPROCESSING[convention]
+  x = jnp.asarray(x, jnp.float32) * jnp.asarray(p['std'], jnp.float32) + jnp.asarray(
+      p['mean'], jnp.float32)
+  x = x / p['scale']
+  return x[..., ::-1] if p['bgr'] else x
+
+
+# One function per convention: preprocess_caffe(images) etc.
+preprocess_caffe = functools.partial(preprocess, convention='caffe')
+preprocess_hed = functools.partial(preprocess, convention='hed')
+preprocess_torch = functools.partial(preprocess, convention='torch')
+
+
+# --- taps, edits and the pass's nonlinearity ------------------------------------------------------
 class _Done(Exception):
   """Raised by the recorder once every requested tap is final: the forward pass stops there."""
 
 
 class Recorder:
-  """Collects module outputs by path during a forward pass.
+  """One forward pass's context: collects module outputs by path, applies edits, and supplies the
+  pass's nonlinearity and dropout randomness. Every tappable output goes through `__call__`, every
+  ReLU/ReLU6 through `relu`/`relu6`, so model code never names either concern.
 
   wanted: path -> how many times that module runs (a module called several times, such as a ResNet
   block's shared ReLU, means its last call, as a torch forward hook that overwrites would see).
   Passing wanted=None records every path, its call count, value and description (the geometry pass).
   stop_after: a path after whose (last) call the pass ends even if nothing is wanted (truncated
-  trunks); None runs to the end.
+  trunks); None runs to the end. stop=False never ends the pass early (the head follows).
+  edits: path -> (call, fn): the output of that call is replaced by fn(output) before it flows on
+  (and before it is recorded); the shape must stay the same.
+  rule: the nonlinearity `rule(x, cap)` (see `standard`); rngs: the `nnx.Rngs` dropout draws from.
   """
 
-  def __init__(self, wanted: dict[str, int] | None, stop_after: tuple[str, int] | None = None):
+  def __init__(self, wanted: dict[str, int] | None, stop_after: tuple[str, int] | None = None, *,
+               stop: bool = True, edits: dict[str, tuple[int, Callable]] | None = None, rule: Callable = standard,
+               rngs: nnx.Rngs | None = None):
     self.everything = wanted is None
     self.remaining = dict(wanted or {})
-    self.stop_after = stop_after
+    self.stop_after = stop_after if stop else None
+    self.stop = stop
+    self.edits = dict(edits or {})
+    self.rule = rule
+    self.rngs = rngs
     self.values: dict[str, Any] = {}
     self.calls: dict[str, int] = {}
     self.descriptions: dict[str, str] = {}
 
   def __call__(self, path: str, value, description: str):
     calls = self.calls[path] = self.calls.get(path, 0) + 1
+    edit = self.edits.get(path)
+    if edit is not None and edit[0] == calls and not is_geo(value):
+      edited = edit[1](value)
+      if jnp.shape(edited) != value.shape:
+        raise ValueError(f'the edit of {path} returned shape {jnp.shape(edited)}; it must keep the '
+                         f'output shape {value.shape}')
+      value = jnp.asarray(edited, value.dtype)
     if self.everything:
       self.values[path] = value
       self.descriptions.setdefault(path, description)
@@ -354,11 +524,20 @@ class Recorder:
       self.values[path] = value
       if calls == self.remaining[path]:
         del self.remaining[path]
-        if not self.remaining:
+        if not self.remaining and self.stop:
           raise _Done
     if self.stop_after is not None and self.stop_after == (path, calls):
       raise _Done
     return value
+
+  def relu(self, x):
+    return x if is_geo(x) else self.rule(x, None)
+
+  def relu6(self, x):
+    return x if is_geo(x) else self.rule(x, 6.0)
+
+  def dropout(self, layer: nnx.Dropout, x):
+    return layer(x, rngs=self.rngs)
 
 
 # --- the model base class -------------------------------------------------------------------------
@@ -366,12 +545,18 @@ class TapModel(nnx.Module):
   """A network whose every module output can be tapped by its torchvision module path.
 
   Subclasses create their layers with `self.add_layer(path, layer)`, write the trunk (everything up
-  to the spatial features) in `trunk(x, rec)` and the classifier in `head(features)`, list head
+  to the spatial features) in `trunk(x, rec)` and the classifier in `head(features, rec)`, list head
   layer paths in `head_paths()` and rebuild the head in `build_head(num_classes, init)`, then call
   `self.finish()` at the end of `__init__`.
 
   Contract used by the engine: `model(images_uint8_nhwc, taps) -> {tap: (B, h, w, K) float32}`,
-  `resolve`, `layer_names`, `describe`, `rf_geometry`, `arch`, `preprocessing`.
+  `resolve`, `layer_names`, `describe`, `rf_geometry`, `arch`, `preprocessing`. For gradients,
+  training and interventions: `preprocess` and `forward` (float input, `logits`, `edits`,
+  `nonlinearity`, `rngs`), `receptive_field`, and flax's `train()` / `eval()`.
+
+  Model code routes every tappable output through `rec(path, value, description)`, every ReLU
+  through `rec.relu` / `rec.relu6` and every dropout through `rec.dropout`: the pass's Recorder
+  decides what is recorded, edited, which backward rule runs and where randomness comes from.
   """
 
   arch: str
@@ -405,10 +590,10 @@ class TapModel(nnx.Module):
   def finish(self) -> None:
     """Run the geometry pass: the tappable paths in forward order, their call counts, grids."""
     rec = Recorder(None)
-    self.trunk(Geo(0.5, 1.0, 3), rec)
+    self.trunk(Geo(0.5, 1.0, 3, 1.0), rec)
     self._paths = tuple(rec.values)
     self._calls = dict(rec.calls)
-    self._geometry = {path: (geo.origin, geo.spacing, geo.channels)
+    self._geometry = {path: (geo.origin, geo.spacing, geo.channels, geo.size)
                       for path, geo in rec.values.items()}
     self._descriptions = dict(rec.descriptions)
     self.trunk_end = None
@@ -451,8 +636,14 @@ class TapModel(nnx.Module):
 
   def rf_geometry(self, layer: str) -> tuple[float, float]:
     """(origin, spacing) of the tap's unit centres in input pixels: unit j at origin + j*spacing."""
-    origin, spacing, _ = self._geometry[self.resolve(layer)]
+    origin, spacing, _, _ = self._geometry[self.resolve(layer)]
     return origin, spacing
+
+  def receptive_field(self, layer: str) -> ReceptiveField:
+    """The tap's unit grid and receptive-field size (the largest over branches), so a unit's
+    patch is `receptive_field(layer).window(i, j)` of the input image."""
+    origin, spacing, _, size = self._geometry[self.resolve(layer)]
+    return ReceptiveField(origin, spacing, size)
 
   def channels(self, layer: str) -> int:
     return self._geometry[self.resolve(layer)][2]
@@ -465,22 +656,63 @@ class TapModel(nnx.Module):
   def _stop_after(self) -> tuple[str, int] | None:
     return (self.trunk_end, self._calls[self.trunk_end]) if self.trunk_end else None
 
+  def preprocess(self, images: jax.Array) -> jax.Array:
+    """RGB NHWC images in 0-255 -> this model's float input (its weights' convention)."""
+    return preprocess(images, self.preprocessing)
+
+  def has_head(self) -> bool:
+    return self.num_classes is not None and self.trunk_end is None
+
+  def forward(self, x: jax.Array, taps: Sequence[str] = (), *, logits: bool = False,
+              edits: dict[str, Callable] | None = None, nonlinearity: str | Callable = 'standard',
+              rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+    """Preprocessed float NHWC input -> {tap: (B, h, w, K) output} (+ 'logits': (B, classes)).
+
+    Differentiable in `x` and in the edits. Without `logits`, the pass stops after the deepest tap.
+    edits: {layer name: fn}: that tap's output is replaced by fn(output) before it flows on (see
+      `ndjax.models.edits`: zero units, replace the map, add a direction); a tap asked for AND
+      edited reports the edited value. A module that runs several times is edited at its last call,
+      the call its tap means.
+    nonlinearity: the rule every ReLU/ReLU6 of the pass uses: 'standard' (torch's gradient),
+      'guided', 'deconvnet', or a callable `rule(x, cap)`.
+    rngs: dropout's randomness, needed only in train mode (`model.train()`); BatchNorm then uses
+      batch statistics and updates its running averages (torch's conventions).
+    """
+    if logits and not self.has_head():
+      raise ValueError(self._no_head_message())
+    paths = {tap: self.resolve(tap) for tap in taps}
+    edit_paths = {}
+    for layer, fn in (edits or {}).items():
+      path = self.resolve(layer)
+      if path in edit_paths:
+        raise ValueError(f'{layer} and another name both edit module {path}; give one edit')
+      edit_paths[path] = (self._calls[path], fn)
+    rec = Recorder({p: self._calls[p] for p in paths.values()}, self._stop_after(),
+                   stop=not logits, edits=edit_paths, rule=nonlinearity_rule(nonlinearity),
+                   rngs=rngs)
+    try:
+      features = self.trunk(self.input_transform(x), rec)
+    except _Done:
+      features = None
+    out = {tap: rec.values[path] for tap, path in paths.items()}
+    if logits:
+      out['logits'] = self.head(features, rec)
+    return out
+
   def __call__(self, images_uint8: jax.Array, taps: Sequence[str]) -> dict[str, jax.Array]:
     """uint8 RGB NHWC images -> {tap: NHWC float32 activation}; stops after the deepest tap."""
-    paths = {tap: self.resolve(tap) for tap in taps}
-    rec = Recorder({p: self._calls[p] for p in paths.values()}, self._stop_after())
-    try:
-      self.trunk(self.input_transform(preprocess(images_uint8, self.preprocessing)), rec)
-    except _Done:
-      pass
-    return {tap: rec.values[path] for tap, path in paths.items()}
+    return self.forward(self.preprocess(images_uint8), taps)
 
   def logits(self, images_uint8: jax.Array) -> jax.Array:
     """(B, num_classes) class scores of the full network (eval mode: dropout off)."""
-    if self.num_classes is None or self.trunk_end is not None:
-      raise ValueError(f'this {self.arch} has no classifier head: its weights cover the trunk only')
-    x = self.input_transform(preprocess(images_uint8, self.preprocessing))
-    return self.head(self.trunk(x, Recorder({})))
+    return self.forward(self.preprocess(images_uint8), logits=True)['logits']
+
+  def _no_head_message(self) -> str:
+    if self.trunk_end is not None:
+      return (f'this {self.arch} has no classifier head: its weights end at {self.trunk_end}; '
+              'logits need weights with a classifier (e.g. a torchvision .pth file)')
+    return (f'this {self.arch} has no classifier head: its weights cover the conv trunk only; '
+            'logits need weights with a classifier (e.g. a torchvision .pth file)')
 
   # --- weights-driven changes ---------------------------------------------------------------------
   def reset_classifier(self, num_classes: int | None, init: Init | None = None) -> None:

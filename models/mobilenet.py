@@ -54,6 +54,7 @@ class MobileNetV2(layers.TapModel):
     self.last_features = f'features.{index}'
     cna(self.last_features, cin, 1280, 1)
     self.blocks = tuple(self.blocks)
+    self.add_layer('classifier.0', layers.dropout(0.2))     # torchvision's, before the Linear
     self.aliases = {}
     self.num_classes = None
     self.finish()
@@ -63,7 +64,7 @@ class MobileNetV2(layers.TapModel):
   def _cna(self, path: str, x, rec):
     x = self.run(rec, f'{path}.0', x, 'Conv2d output (pre-BN/ReLU6)')
     x = self.run(rec, f'{path}.1', x, 'BatchNorm2d output (pre-ReLU6)')
-    x = rec(f'{path}.2', layers.relu6(x), 'ReLU6 output (post-ReLU6)')
+    x = rec(f'{path}.2', rec.relu6(x), 'ReLU6 output (post-ReLU6)')
     return rec(path, x, _CNA)
 
   def _inverted_residual(self, path: str, cin: int, cout: int, stride: int, t: int, x, rec):
@@ -87,8 +88,10 @@ class MobileNetV2(layers.TapModel):
     x = self._cna(self.last_features, x, rec)
     return rec('features', x, 'output of the features Sequential (= features.18, post-ReLU6)')
 
-  def head(self, features):
-    return self.layer('classifier.1')(layers.flatten_nchw(layers.adaptive_avg_pool(features, 1)))
+  def head(self, features, rec: layers.Recorder | None = None):
+    rec = rec or layers.Recorder({})
+    x = layers.flatten_nchw(layers.adaptive_avg_pool(features, 1))
+    return self.layer('classifier.1')(rec.dropout(self.layer('classifier.0'), x))
 
   def head_paths(self) -> tuple[str, ...]:
     return ('classifier.1',)

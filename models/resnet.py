@@ -86,20 +86,20 @@ class ResNet(layers.TapModel):
       out = self.run(rec, f'{path}.conv{i}', out)
       out = self.run(rec, f'{path}.bn{i}', out)
       if i < convs:
-        out = rec(f'{path}.relu', layers.relu(out), 'ReLU output (post-ReLU)')
+        out = rec(f'{path}.relu', rec.relu(out), 'ReLU output (post-ReLU)')
     if self.has_layer(f'{path}.downsample.0'):
       identity = self.run(rec, f'{path}.downsample.0', x)
       identity = self.run(rec, f'{path}.downsample.1', identity)
       rec(f'{path}.downsample', identity, 'downsample Sequential output (BatchNorm2d, shortcut)')
     out = layers.add(out, identity)
-    out = rec(f'{path}.relu', layers.relu(out), 'ReLU output (post-ReLU)')
+    out = rec(f'{path}.relu', rec.relu(out), 'ReLU output (post-ReLU)')
     kind = 'BasicBlock' if self.block == 'basic' else 'Bottleneck'
     return rec(path, out, f'ResNet {kind} output: ReLU(residual branch + shortcut) (post-ReLU)')
 
   def trunk(self, x, rec):
     x = self.run(rec, 'conv1', x)
     x = self.run(rec, 'bn1', x)
-    x = rec('relu', layers.relu(x), 'ReLU output (post-ReLU)')
+    x = rec('relu', rec.relu(x), 'ReLU output (post-ReLU)')
     x = rec('maxpool', layers.max_pool(x, 3, 2, 1), 'MaxPool2d output')
     for s, blocks in enumerate(self.stage_blocks, start=1):
       for b in range(blocks):
@@ -107,7 +107,7 @@ class ResNet(layers.TapModel):
       x = rec(f'layer{s}', x, 'ResNet stage output (post-ReLU)')
     return x
 
-  def head(self, features):
+  def head(self, features, rec: layers.Recorder | None = None):
     return self.layer('fc')(layers.flatten_nchw(layers.adaptive_avg_pool(features, 1)))
 
   def head_paths(self) -> tuple[str, ...]:

@@ -32,7 +32,9 @@ def _compiled(key: tuple, taps: tuple[str, ...], mesh) -> tuple[Callable, list]:
   holder = []       # the first graphdef seen for this structure; equal structures share it
 
   def forward(state, images):
-    return nnx.merge(holder[0], state)(images, taps)
+    model = nnx.merge(holder[0], state)
+    model.eval()       # dissection is of the network at inference, whatever mode it was left in
+    return model(images, taps)
 
   return jax.jit(forward), holder
 

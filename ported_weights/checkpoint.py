@@ -97,13 +97,18 @@ def check_shapes(model_shapes: Mapping[str, tuple], given_shapes: Mapping[str, t
 
 
 def assign_params(model: nnx.Module, params: Mapping[str, Any], *, source: str) -> None:
-  """Write a pure nested dict of arrays into `model`, after checking every name and shape."""
+  """Write a pure nested dict of arrays into `model`, after checking every name and shape.
+
+  The values are COPIED: on CPU, jax may alias a numpy array's memory, and a caller's array (a
+  torch tensor's `.numpy()` view, which torch's train mode updates in place) must never be able
+  to change the model's weights behind its back."""
   check_shapes(variable_shapes(model), {k: np.shape(v) for k, v in _flatten(params).items()},
                arch=model_arch(model), source=source)
   state = nnx.state(model, SAVED_VARIABLES)
   current = nnx.to_pure_dict(state)
   nnx.replace_by_pure_dict(
-      state, jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), dict(params), current))
+      state, jax.tree.map(lambda new, old: jnp.array(np.array(new, old.dtype, copy=True)), dict(params),
+                             current))
   nnx.update(model, state)
 
 
