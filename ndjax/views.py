@@ -61,6 +61,9 @@ class ViewSpec:
   rotation_seed: int | None = None             # None: no rotation views
   rotation_alphas: tuple[float, ...] = (1.0,)
   directions: tuple[str, ...] = ()             # .npy files of (K, D) matrices
+  # further (seed, alpha) rotations, after rotation_seed x rotation_alphas: independent Q's
+  # (the paper's Fig 8 repeats at alpha = 1) without the product of every seed and alpha
+  rotations: tuple[tuple[int, float], ...] = ()
 
   def __post_init__(self):
     if not self.taus:
@@ -80,6 +83,11 @@ class ViewSpec:
       for a in self.rotation_alphas:
         if not 0.0 <= a <= 1.0:
           raise ViewError(f'rotation alpha={a} is outside [0, 1] (0 = the layer itself, 1 = Q)')
+    for seed, a in self.rotations:
+      if not 0 <= seed < 2**31:
+        raise ViewError(f'rotation seed {seed} is outside [0, 2^31)')
+      if not 0.0 < a <= 1.0:
+        raise ViewError(f'rotation alpha={a} of seed {seed} is outside (0, 1]')
 
 
 def _fmt(x: float) -> str:
@@ -122,21 +130,22 @@ def build(spec: ViewSpec, units: int) -> list[View]:
   """Every view of a layer with `units` channels, in a fixed order: bases, then taus.
 
   Bases: identity (when no rotation or directions are asked for, or alpha = 0 is), rotations by
-  ascending position in the alpha list, direction files in order. The identity at the first tau
+  position in the alpha list, then the extra (seed, alpha) rotations, direction files in order. The identity at the first tau
   is the unnamed view.
   """
   bases: list[tuple[str, str, np.ndarray | None, dict]] = []
-  if spec.rotation_seed is None and not spec.directions:
+  if spec.rotation_seed is None and not spec.directions and not spec.rotations:
     bases.append(('identity', 'identity', None, {}))
-  if spec.rotation_seed is not None:
-    for a in spec.rotation_alphas:
-      if a == 0.0:           # Q^0 := I exactly: the plain layer, nothing multiplied
-        meta = dict(seed=spec.rotation_seed, alpha=0.0, units=units, orthogonality_error=0.0,
-                    det=1.0)
-        bases.append(('identity', 'rotation', None, meta))
-      else:
-        q, meta = _rotation(spec.rotation_seed, units, float(a))
-        bases.append((f'rot_s{spec.rotation_seed}_a{_fmt(a)}', 'rotation', q, meta))
+  pairs = ([(spec.rotation_seed, float(a)) for a in spec.rotation_alphas]
+           if spec.rotation_seed is not None else [])
+  pairs += [(int(s), float(a)) for s, a in spec.rotations if (s, a) not in pairs]
+  for seed, a in pairs:
+    if a == 0.0:           # Q^0 := I exactly: the plain layer, nothing multiplied
+      meta = dict(seed=seed, alpha=0.0, units=units, orthogonality_error=0.0, det=1.0)
+      bases.append(('identity', 'rotation', None, meta))
+    else:
+      q, meta = _rotation(seed, units, a)
+      bases.append((f'rot_s{seed}_a{_fmt(a)}', 'rotation', q, meta))
   for path in spec.directions:
     d = _load_directions(path, units)
     with open(path, 'rb') as f:
