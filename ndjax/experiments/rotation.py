@@ -32,6 +32,14 @@ flags.DEFINE_integer('rotation_seed', 0, 'Seed of the first Q; repeat r uses see
 flags.DEFINE_float('tau', 0.005, 'Top quantile thresholding every view.')
 flags.DEFINE_float('iou_threshold', 0.04, 'A unit (direction) is a detector when its IoU > this.')
 flags.DEFINE_integer('top_concepts', 5, 'Concepts compared in Fig 7.')
+flags.DEFINE_bool('linear_probe', True, 'Also compare the discriminative power of the rotated and '
+                  'unrotated layer: linear classifiers on pooled features (one more forward pass).')
+flags.DEFINE_string('probe_category', 'object', 'Linear probe targets: per image, the label of this '
+                    'category covering the most pixels (composite set: the largest cut-out\'s '
+                    'object group).')
+flags.DEFINE_integer('min_class_images', 20, 'Linear probe classes need at least this many images.')
+flags.DEFINE_integer('split_seed', 0, 'Seed of the linear probe\'s half/half train/test split.')
+flags.DEFINE_integer('adam_seeds', 5, 'Seeds of the optax Adam linear classifier (init, shuffles).')
 
 
 def spec_for(alphas, repeats: int, seed: int, tau: float):
@@ -96,6 +104,8 @@ def main(argv):
       concepts[net.label] = best_concepts(plain_vd, [by_view[(seed + r, 1.0)][0]
                                                      for r in range(FLAGS.repeats)])
       entry['fig7'] = concepts[net.label]
+    if FLAGS.linear_probe:
+      entry['linear_probe'] = discrimination(exp, net, seed)
     nets_summary.append(entry)
   figures = {'fig6_alpha': plot_alpha(curves), 'fig8_repeats': plot_repeats(repeats)}
   if concepts:
@@ -109,11 +119,63 @@ def main(argv):
                  f"{at1['std']:.1f}"
                  + (f" ({100 * e['change_at_alpha_1']:+.0f} % vs unrotated "
                     f"{e['unrotated_total']})" if 'unrotated_total' in e else ''))
+    if 'linear_probe' in e:
+      lp = e['linear_probe']
+      lines.append(f"  - linear probe ({len(lp['classes'])} {FLAGS.probe_category} classes, "
+                   f"{lp['train_images']} train / {lp['test_images']} test images): ridge "
+                   f"{100 * lp['ridge']['unrotated']:.2f} % vs rotated "
+                   f"{100 * lp['ridge']['rotated']:.2f} %; gradient descent "
+                   f"{100 * lp['gd']['unrotated']:.2f} % vs {100 * lp['gd']['rotated']:.2f} %; "
+                   f"Adam {100 * lp['adam']['unrotated_mean']:.1f} ± "
+                   f"{100 * lp['adam']['unrotated_std']:.1f} % vs "
+                   f"{100 * lp['adam']['rotated_mean']:.1f} ± {100 * lp['adam']['rotated_std']:.1f} %"
+                   f" ({len(lp['adam']['unrotated'])} seeds)")
   exp.write(rows, {'networks': nets_summary, 'tau': FLAGS.tau, 'iou_threshold': threshold},
             figures, '## Headline\n\n' + '\n'.join(lines) + '\n\nPaper (AlexNet-Places205 '
             'conv5, Broden): about -80 % unique detectors at α = 1.')
   for line in lines:
     print(line.lstrip('- ').replace('**', ''))
+
+
+def discrimination(exp, net, seed: int) -> dict:
+  """Linear classifiers on the layer's pooled features, unrotated and rotated by Q (alpha = 1,
+  the rotation seed's Q, in float64): see `linear_probe`."""
+  from ndjax import api, fileio, rotation
+  from ndjax.experiments import linear_probe as lp
+  cache = exp.run_dir(net) / f'pooled_{net.layer}.npz'
+  ds = exp.ds
+  if cache.is_file():
+    with np.load(cache) as z:
+      features, targets = z['features'], z['targets']
+  else:
+    module = api.load_model(net.model, net.weights, net.seed).module
+    features = lp.pooled_features(module, ds, net.layer, FLAGS.batch_size, FLAGS.progress)
+    targets = lp.image_targets(ds, FLAGS.probe_category)
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, features=features, targets=targets)
+    fileio.atomic_write(cache, buf.getvalue())
+  try:
+    data = lp.make_probe_data(features, targets, ds.label_names, FLAGS.min_class_images,
+                              FLAGS.split_seed)
+  except ValueError as e:
+    raise common.ExperimentError(str(e)) from None
+  q = rotation.random_rotation(seed, features.shape[1])
+  rotated = data.features @ q
+  adam = {'unrotated': [lp.adam_accuracy(data, data.features, s) for s in range(FLAGS.adam_seeds)],
+          'rotated': [lp.adam_accuracy(data, rotated, s) for s in range(FLAGS.adam_seeds)]}
+  for key in ('unrotated', 'rotated'):
+    values = np.array(adam[key])
+    adam[f'{key}_mean'] = float(values.mean())
+    adam[f'{key}_std'] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+  return {'category': FLAGS.probe_category, 'classes': data.classes,
+          'train_images': int(data.train.sum()), 'test_images': int((~data.train).sum()),
+          'split_seed': FLAGS.split_seed, 'rotation_seed': seed,
+          'ridge': {'unrotated': lp.ridge_accuracy(data, data.features),
+                    'rotated': lp.ridge_accuracy(data, rotated)},
+          'gd': {'unrotated': lp.gd_accuracy(data, data.features),
+                 'rotated': lp.gd_accuracy(data, rotated)},
+          'adam': adam}
 
 
 def best_concepts(plain_vd, rotated_vds, n: int | None = None) -> list[dict]:
