@@ -71,6 +71,47 @@ class Network:
     return f'{self.model} {self.weights}{seed} {self.layer or ""}'.strip()
 
 
+def floats(name: str) -> tuple[float, ...]:
+  """A list flag's values as numbers, or one line naming the flag."""
+  try:
+    return tuple(float(v) for v in FLAGS[name].value)
+  except ValueError:
+    raise ExperimentError(f'--{name}={",".join(FLAGS[name].value)} holds a non-number') from None
+
+
+def panels(n: int, width: float = 5.0, height: float = 3.6):
+  """(figure, flat list of n axes) in rows of at most three."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  cols = min(n, 3)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+  flat = list(axes.ravel())
+  for ax in flat[n:]:
+    ax.set_visible(False)
+  return fig, flat[:n]
+
+
+def curves_figure(curves: dict, xlabel: str, *, log_x: bool = False, mark: float | None = None):
+  """One panel per network/folder: unique detectors (all, and per category) against x.
+  curves: {title: (categories, xs, [unique-per-category dict per x])}."""
+  from ndjax import report
+  fig, axes = panels(len(curves))
+  for ax, (title, (cats, xs, per_x)) in zip(axes, curves.items()):
+    ax.plot(xs, [sum(u.values()) for u in per_x], 'k-o', label='all')
+    for c in cats:
+      ax.plot(xs, [u[c] for u in per_x], '-o', ms=3, color=report.category_color(c), label=c)
+    if log_x:
+      ax.set_xscale('log')
+    if mark is not None:
+      ax.axvline(mark, color='grey', ls=':', lw=1)
+    ax.set(title=title, xlabel=xlabel, ylabel='unique detectors')
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  return fig
+
+
 def category_order(categories: Sequence[str]) -> list[str]:
   """The paper's order of categories, then any others in the probe set's order."""
   return [c for c in CATEGORY_ORDER if c in categories] + [
@@ -222,7 +263,13 @@ def run(main) -> None:
   from absl import app
 
   def wrapped(argv):
+    import logging
     from ndjax import api, results
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    logging.getLogger().setLevel(logging.WARNING)      # library INFO chatter off the terminal
+    for name in ('absl', 'jax', 'orbax'):
+      logging.getLogger(name).setLevel(logging.WARNING)
     try:
       main(argv)
     except (ExperimentError, api.NdjaxError, results.ResultsError) as e:

@@ -24,11 +24,7 @@ flags.DEFINE_enum('denominator', 'paper', ['paper', 'lite'], 'IoU union (see the
 def main(argv):
   del argv
   from ndjax import results, tally
-  try:
-    thresholds = sorted(float(t) for t in FLAGS.thresholds)
-  except ValueError:
-    raise common.ExperimentError(
-        f'--thresholds={",".join(FLAGS.thresholds)} holds a non-number') from None
+  thresholds = sorted(common.floats('thresholds'))
   folders = [vd for path in FLAGS.runs for vd in results.find(path)]
   if not folders:
     raise common.ExperimentError(f'no result folders under {", ".join(FLAGS.runs)}')
@@ -46,34 +42,16 @@ def main(argv):
       per.append(u)
       rows.append(dict(folder=name, threshold=t, total=sum(u.values()),
                        detectors=int(np.sum(labels.best_iou > t)), **{c: u[c] for c in cats}))
-    curves[name] = (cats, per)
+    curves[name] = (cats, thresholds, per)
     summary.append({'folder': name, 'path': str(vd.path), 'thresholds': thresholds,
                     'unique': [sum(u.values()) for u in per]})
   lines = [f"- **{s['folder']}**: " + ', '.join(f'IoU>{t:g}: {n}' for t, n in
                                                 zip(thresholds, s['unique'])) for s in summary]
   exp.write(rows, {'folders': summary, 'denominator': FLAGS.denominator},
-            {'iou_sweep': plot(curves, thresholds)},
+            {'iou_sweep': common.curves_figure(curves, 'IoU threshold', mark=0.04)},
             '## Headline (unique detectors)\n\n' + '\n'.join(lines))
   for line in lines:
     print(line.replace('**', ''))
-
-
-def plot(curves, thresholds):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  from ndjax import report
-  fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
-  for ax, (label, (cats, per)) in zip(axes[0], curves.items()):
-    ax.plot(thresholds, [sum(u.values()) for u in per], 'k-o', label='all')
-    for c in cats:
-      ax.plot(thresholds, [u[c] for u in per], '-o', ms=3, color=report.category_color(c),
-              label=c)
-    ax.axvline(0.04, color='grey', ls=':', lw=1)
-    ax.set(title=label, xlabel='IoU threshold', ylabel='unique detectors')
-    ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=8)
-  return fig
 
 
 if __name__ == '__main__':

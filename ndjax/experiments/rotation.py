@@ -60,10 +60,7 @@ def unique(vd, threshold: float) -> dict[str, int]:
 def main(argv):
   del argv
   nets = [common.Network.parse(m) for m in FLAGS.models]
-  try:
-    alphas = tuple(float(a) for a in FLAGS.alphas)
-  except ValueError:
-    raise common.ExperimentError(f'--alphas={",".join(FLAGS.alphas)} holds a non-number') from None
+  alphas = common.floats('alphas')
   if FLAGS.repeats < 1:
     raise common.ExperimentError(f'--repeats={FLAGS.repeats} must be >= 1')
   exp = common.Experiment('rotation')
@@ -88,7 +85,7 @@ def main(argv):
     curve = sorted((a, u) for (s, a), (_, u) in by_view.items() if s == seed)
     at_one = [by_view[(seed + r, 1.0)][1] for r in range(FLAGS.repeats)]
     totals = np.array([sum(u.values()) for u in at_one], float)
-    curves[net.label] = (cats, curve)
+    curves[net.label] = (cats, [a for a, _ in curve], [u for _, u in curve])
     repeats[net.label] = (cats, plain, at_one)
     entry = {'network': net.label, 'alphas': [a for a, _ in curve],
              'unique_by_alpha': [sum(u.values()) for _, u in curve],
@@ -107,7 +104,8 @@ def main(argv):
     if FLAGS.linear_probe:
       entry['linear_probe'] = discrimination(exp, net, seed)
     nets_summary.append(entry)
-  figures = {'fig6_alpha': plot_alpha(curves), 'fig8_repeats': plot_repeats(repeats)}
+  figures = {'fig6_alpha': common.curves_figure(curves, 'α (rotation I → Q)'),
+             'fig8_repeats': plot_repeats(repeats)}
   if concepts:
     figures['fig7_concepts'] = plot_concepts(concepts)
   lines = []
@@ -197,34 +195,9 @@ def best_concepts(plain_vd, rotated_vds, n: int | None = None) -> list[dict]:
   return out
 
 
-def _colors():
-  from ndjax import report
-  return report.category_color
-
-
-def plot_alpha(curves):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  color = _colors()
-  fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
-  for ax, (label, (cats, curve)) in zip(axes[0], curves.items()):
-    alphas = [a for a, _ in curve]
-    ax.plot(alphas, [sum(u.values()) for _, u in curve], 'k-o', label='all')
-    for c in cats:
-      ax.plot(alphas, [u[c] for _, u in curve], '-o', color=color(c), label=c, ms=3)
-    ax.set(title=label, xlabel='α (rotation I → Q)', ylabel='unique detectors')
-    ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=8)
-  return fig
-
-
 def plot_repeats(repeats):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(repeats), figsize=(5 * len(repeats), 3.6), squeeze=False)
-  for ax, (label, (cats, plain, at_one)) in zip(axes[0], repeats.items()):
+  fig, axes = common.panels(len(repeats))
+  for ax, (label, (cats, plain, at_one)) in zip(axes, repeats.items()):
     x = np.arange(len(cats))
     if plain is not None:
       ax.bar(x - 0.2, [plain[c] for c in cats], 0.4, label='unrotated', color='#4c72b0')
@@ -239,11 +212,8 @@ def plot_repeats(repeats):
 
 
 def plot_concepts(concepts):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(concepts), figsize=(5 * len(concepts), 3.6), squeeze=False)
-  for ax, (label, rows) in zip(axes[0], concepts.items()):
+  fig, axes = common.panels(len(concepts))
+  for ax, (label, rows) in zip(axes, concepts.items()):
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r['unit_iou'] for r in rows], 0.4, label='best unit', color='#4c72b0')
     ax.bar(x + 0.2, [r['rotated_best_iou_mean'] for r in rows], 0.4,

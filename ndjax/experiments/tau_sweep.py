@@ -30,10 +30,7 @@ def label_changes(sequences: np.ndarray) -> np.ndarray:
 def main(argv):
   del argv
   nets = [common.Network.parse(m) for m in FLAGS.models]
-  try:
-    taus = sorted(float(t) for t in FLAGS.taus)
-  except ValueError:
-    raise common.ExperimentError(f'--taus={",".join(FLAGS.taus)} holds a non-number') from None
+  taus = sorted(common.floats('taus'))
   from ndjax import tally, views
   try:
     spec = views.ViewSpec(taus=tuple(taus))
@@ -75,26 +72,9 @@ def main(argv):
     for unit in s['most_relabelled_units']:
       lines.append(f"  - unit {unit['unit']}: " + ' → '.join(unit['labels']))
   exp.write(rows, {'networks': summary, 'iou_threshold': threshold},
-            {'fig28_tau': plot(curves)}, '## Headline\n\n' + '\n'.join(lines))
+            {'fig28_tau': common.curves_figure(curves, 'τ (top quantile)', log_x=True)}, '## Headline\n\n' + '\n'.join(lines))
   for line in lines:
     print(line.replace('**', ''))
-
-
-def plot(curves):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  from ndjax import report
-  fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
-  for ax, (label, (cats, taus, per_tau)) in zip(axes[0], curves.items()):
-    ax.plot(taus, [sum(u.values()) for u in per_tau], 'k-o', label='all')
-    for c in cats:
-      ax.plot(taus, [u[c] for u in per_tau], '-o', ms=3, color=report.category_color(c), label=c)
-    ax.set_xscale('log')
-    ax.set(title=label, xlabel='τ (top quantile)', ylabel='unique detectors')
-    ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=8)
-  return fig
 
 
 if __name__ == '__main__':
