@@ -86,7 +86,8 @@ def panels(n: int, width: float = 5.0, height: float = 3.6):
   import matplotlib.pyplot as plt
   cols = min(n, 3)
   rows = -(-n // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                           layout='constrained')
   flat = list(axes.ravel())
   for ax in flat[n:]:
     ax.set_visible(False)
