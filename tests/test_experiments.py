@@ -111,6 +111,10 @@ def test_tau_sweep_rows_equal_separate_runs(probe, model, tmp_path):
   for row, tau in zip(rows, taus):
     alone = unique_of(api.dissect(model, ds, ['conv5'], tau=tau, progress=False), ds)['conv5']
     assert per_category(row, ds.categories) == alone, tau
+  # folders dissected over another probe set (here: its first 8 images) are never reused
+  _, _, fewer = run('tau_sweep', f'--models={NET}', f'--dataset={probe}', '--images=8',
+                    '--taus=0.02,0.005,0.01', f'--outdir={tmp_path / "tau"}')
+  assert len(fewer['computed']) == 1 and fewer['reused'] == [] and fewer['probe_images'] == 8
   changing = doc['networks'][0]['most_relabelled_units']
   assert len(changing) == 5 and all(len(u['labels']) == 3 for u in changing)
   assert all(u['changes'] == sum(a != b for a, b in zip(u['labels'], u['labels'][1:]))

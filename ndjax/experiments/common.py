@@ -148,6 +148,12 @@ class Experiment:
       self._ds = ds
     return self._ds
 
+  @property
+  def probe_identity(self) -> dict:
+    """What a reused folder must have been dissected over: this probe set and image count."""
+    where = os.path.abspath(FLAGS.dataset) if FLAGS.dataset else f'built-in {FLAGS.probe}'
+    return {'dataset': where, 'images': len(self.ds.records)}
+
   def run_dir(self, net: Network) -> pathlib.Path:
     from ndjax import api
     return self.runs / api.run_name(net.model, net.weights, net.seed)
@@ -161,23 +167,36 @@ class Experiment:
     model = api.load_model(net.model, net.weights, net.seed)
     layers = api.resolve_layers(model, list(layers))
     spec = views or views_lib.ViewSpec()
-    wanted = {(layer, v.name): v.folder(layer) for layer in layers
+    wanted = {(layer, v.name): (v.folder(layer), v) for layer in layers
               for v in views_lib.build(spec, model.module.channels(layer))}
     run_dir = self.run_dir(net)
 
-    def complete(folder: str) -> bool:
-      return ((run_dir / folder / 'results.json').is_file()
-              and (run_dir / folder / 'counts.npz').is_file())
+    def complete(folder: str, view) -> bool:
+      """Written to the end (results.json and counts.npz come last, atomically) by the same
+      view: the same tau, kind, and rotation seed/alpha or directions file."""
+      if not ((run_dir / folder / 'results.json').is_file()
+              and (run_dir / folder / 'counts.npz').is_file()):
+        return False
+      try:
+        vd = results.load(run_dir / folder)
+      except results.ResultsError:
+        return False
+      saved = vd.view
+      same = lambda key: saved.meta.get(key) == view.meta.get(key)
+      return (saved.tau == view.tau and saved.kind == view.kind
+              and all(same(k) for k in ('seed', 'alpha', 'sha256'))
+              and vd.results.get('probe') == self.probe_identity)
 
-    if all(complete(f) for f in wanted.values()):
+    if all(complete(folder, view) for folder, view in wanted.values()):
       self.reused.append(f'{net.label}: {len(wanted)} folders')
     else:
       out = api.dissect(model, self.ds, layers, views=spec, batch_size=FLAGS.batch_size,
                         cache_gb=FLAGS.cache_gb, progress=FLAGS.progress, **options)
       api.write_outputs(out, self.ds, str(run_dir), model=model, report=False,
-                        meta={'experiment': self.name, 'experiment_command': self.command})
+                        meta={'experiment': self.name, 'experiment_command': self.command,
+                              'probe': self.probe_identity})
       self.computed.append(f'{net.label}: {len(wanted)} folders')
-    return {key: results.load(run_dir / folder) for key, folder in wanted.items()}
+    return {key: results.load(run_dir / folder) for key, (folder, _) in wanted.items()}
 
   # --- outputs -----------------------------------------------------------------------------------
   @property
