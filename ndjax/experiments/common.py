@@ -105,6 +105,8 @@ def curves_figure(curves: dict, xlabel: str, *, log_x: bool = False, mark: float
       ax.plot(xs, [u[c] for u in per_x], '-o', ms=3, color=report.category_color(c), label=c)
     if log_x:
       ax.set_xscale('log')
+      ax.minorticks_off()
+      ax.set_xticks(xs, [f'{x:g}' for x in xs])
     if mark is not None:
       ax.axvline(mark, color='grey', ls=':', lw=1)
     ax.set(title=title, xlabel=xlabel, ylabel='unique detectors')
