@@ -84,9 +84,8 @@ def _run_torch(model, x: np.ndarray, taps, *, ablate: tuple[str, list] | None = 
 
 
 def dithered(count: int, size: int, seed: int) -> np.ndarray:
-  """Photo-like float RGB 0-255 images with uniform [0, 1) dither: no two pixels are equal, so no
-  max-pool window holds a mathematical tie that rounding (torch's vs XLA's summation order) could
-  break either way, sending a gradient to another pixel."""
+  """Photo-like float RGB 0-255 images with uniform [0, 1) dither: no flat regions, so no max-pool
+  window holds an exact mathematical tie (near-ties remain: see `_float64`)."""
   images = photo_like_images(count, size, seed=seed).astype(np.float32)
   return images + np.random.default_rng(seed).uniform(0, 1, images.shape).astype(np.float32)
 

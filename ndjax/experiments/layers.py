@@ -52,7 +52,8 @@ def choose_layers(module, arch: str, asked) -> list[str]:
     layers = [l for l in BLOCK_LAST.get(arch, ()) if l in names]
     if not layers:
       raise common.ExperimentError(f'no default layers for {arch}; pass --layers')
-  order = {n: i for i, n in enumerate(module._paths)}
+  # layer_names() lists the aliases first, then every module path in forward order
+  order = {n: i for i, n in enumerate(names)}
   try:
     return sorted(layers, key=lambda l: order[module.resolve(l)])
   except KeyError as e:
