@@ -414,22 +414,25 @@ def render(results: pathlib.Path) -> str:
                    ' | '.join(_f(t.get(s_), 1) for s_ in stages) +
                    f' | {_f(ratio, 2)} | {_f(p.get("load_mean"))} |')
     lines += ['']
-  merge = _load(results, 'threshold_merge_cost')
-  lines += ['## Exact-threshold merge cost as the probe set grows (conv3_3 shapes: 256 units, '
-            'batch of 16 × 56 × 56 values)', '']
-  if merge:
-    lines += ['One merge of a batch into the per-unit top-m buffer: ndjax `thresholds.update_buffer` '
-              '(`lax.top_k`, sort-based on XLA:CPU), the PyTorch reference (`torch.topk`, '
-              'sorted=False) and the same merge on the host with `np.partition` (introselect); whole '
-              'pass = per batch × batches of 16.', '',
-              '| images | m (values kept per unit) | buffer MB | ndjax s / batch | PyTorch s / batch | '
-              'numpy s / batch | ndjax s, whole pass | PyTorch s, whole pass | numpy s, whole pass |',
-              '|---|---|---|---|---|---|---|---|---|']
-    for r in merge['detail']:
-      lines.append(f'| {r["images"]:,} | {r["m"]:,} | {_f(r["buffer_mb"])} | {_f(r["jax_s_per_batch"], 3)} | '
-                   f'{_f(r["torch_s_per_batch"], 3)} | {_f(r.get("numpy_s_per_batch"), 3)} | '
-                   f'{_f(r["jax_s_whole_pass"])} | {_f(r["torch_s_whole_pass"])} | '
-                   f'{_f(r.get("numpy_s_whole_pass"))} |')
+  sel = _load(results, 'threshold_selection_cost')
+  lines += ['## Exact thresholds over a whole pass, 1x and 4x images (conv3_3 shapes: 256 units, '
+            '56 × 56, ReLU values, batches of 16)', '']
+  if sel:
+    d = sel['detail']
+    names = (('topk_merge', 'per-batch `lax.top_k` merge (before)'),
+             ('top_m_set', 'top-m set: floor cut + `np.partition` (now, one pass)'),
+             ('histogram', 'histogram selection (now, two passes, fixed memory)'))
+    lines += ['Selection calls only (the values are generated outside the clock); wall and '
+              'process CPU seconds; 4x/1x is the CPU-second ratio (linear = 4.0).', '',
+              '| selection | ' + ' | '.join(f'{r["images"]:,} images: wall s / CPU s' for r in d) +
+              ' | 4x / 1x CPU |', '|---|' + '---|' * (len(d) + 1)]
+    for key, label in names:
+      cells = [f'{_f(r.get(key + "_wall_s"), 2)} / {_f(r.get(key + "_cpu_s"), 2)}' for r in d]
+      ratio = (d[-1][key + '_cpu_s'] / d[0][key + '_cpu_s']
+               if key + '_cpu_s' in d[-1] and key + '_cpu_s' in d[0] else None)
+      lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {_f(ratio, 2)} |')
+    lines += ['', 'Same thresholds from all three: ' +
+              ', '.join(f'{r["images"]:,} images {"yes" if r["all_equal"] else "NO"}' for r in d)]
   else:
     lines.append('(not measured yet)')
   lines += ['']

@@ -22,7 +22,8 @@ seconds, with its RSS sampled over time and the machine's load average recorded.
            with a bounded activation cache: peak RSS growth and time linearity.
   exact    thresholds and counts of conv3_3 and conv4_3 at 1x against numpy and the PyTorch
            algorithm on ndjax's activations.
-  thresholds  the cost of one exact top-m threshold merge as the probe set grows.
+  thresholds  exact thresholds of a conv3_3-shaped layer over whole passes of N and 4N images:
+           the old per-batch top_k merge against the top-m set and the histogram selection.
   profile_layers  per-stage profile of conv3_3 and conv4_3 at the 4x scale.
   cli      `python -m ndjax.main` itself on the main set, as a cross-check.
 Measurements are saved as JSON under benchmarks/results/ as they finish and RESULTS.md is
@@ -279,52 +280,73 @@ def worker_e2e(args) -> None:
 
 
 def worker_thresholds(args) -> None:
-  """Cost of one exact-threshold merge (one batch into the per-unit top-m buffer) as the probe
-  set grows: m = tau * values per unit grows with the images, so the per-batch cost of a top-m
-  merge does too. ndjax's `update_buffer` (lax.top_k) against torch.topk, same shapes."""
+  """Exact thresholds of a conv3_3-shaped layer (256 units, 56 x 56, ReLU) over a WHOLE pass of
+  N images, for N and 4N: the old per-batch `lax.top_k` merge (a sort of m + batch values per
+  batch, so quadratic in N; kept here as the baseline), ndjax's one-pass top-m set (floor cut +
+  np.partition) and its two-pass histogram selection. Each batch's values are a pool batch with
+  its units permuted (fresh, identically distributed values without paying for an RNG in the
+  timed loop); timing covers the selection calls only, wall and process CPU. All three must give
+  the same thresholds."""
+  import jax
   import jax.numpy as jnp
-  import torch
-  sys.path.insert(0, str(BENCH))
-  import torch_reference
   from ndjax import thresholds
-  torch.set_num_threads(args.threads)
-  h, w, k, bs = 56, 56, 256, args.batch_size            # conv3_3 at 224 px
+  h, w, k, bs = 56, 56, 256, args.batch_size
   rng = np.random.default_rng(0)
-  acts = np.maximum(rng.standard_normal((bs, h, w, k), np.float32), 0)
-  acts_t = torch.from_numpy(acts).permute(0, 3, 1, 2)
+  pool = [np.maximum(rng.standard_normal((bs, h, w, k), np.float32), 0) for _ in range(4)]
+
+  @jax.jit
+  def topk_merge(buffer, acts):                      # the pre-issue-12 merge, verbatim in effect
+    values = acts.reshape(-1, buffer.shape[0]).T
+    if values.shape[1] > buffer.shape[1]:
+      values = jax.lax.top_k(values, buffer.shape[1])[0]
+    return jax.lax.top_k(jnp.concatenate([buffer, values], axis=1), buffer.shape[1])[0]
+
+  def batches(images):
+    r = np.random.default_rng(images)
+    for i in range(-(-images // bs)):
+      yield pool[i % len(pool)][..., r.permutation(k)]
+
+  def timed(fn, images):
+    data = list(batches(images))                    # materialised outside the clock
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(data)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+  def old(data):
+    m = thresholds.buffer_size(len(data) * bs * h * w, args.tau)
+    buf = jnp.full((k, m), -jnp.inf, jnp.float32)
+    for x in data:
+      buf = topk_merge(buf, jnp.asarray(x))
+    return thresholds.quantile_from_top(np.asarray(buf), len(data) * bs * h * w, args.tau)
+
+  def new(kind):
+    def run(data):
+      n = len(data) * bs * h * w
+      sel = kind(k, n, args.tau)
+      for x in data:
+        sel.update(x)
+      if sel.needs_refine:
+        sel.start_refine()
+        for x in data:
+          sel.refine(x)
+      return sel.result()
+    return run
+
   rows = []
-  for images in (250, 1000, 4000, 16000):
-    n = images * h * w
-    m = thresholds.buffer_size(n, args.tau)
-    buffer = jnp.asarray(np.sort(rng.random((k, m), np.float32))[:, ::-1] + 1)
-    buffer = thresholds.update_buffer(buffer, jnp.asarray(acts)).block_until_ready()   # compile
-    reps = 3
-    t = time.perf_counter()
-    for _ in range(reps):
-      buffer = thresholds.update_buffer(buffer, jnp.asarray(acts)).block_until_ready()
-    jax_s = (time.perf_counter() - t) / reps
-    ref = torch_reference.TopMThreshold(k, n, args.tau)
-    ref.buffer = torch.from_numpy(np.asarray(buffer).copy())
-    ref.update(acts_t)
-    t = time.perf_counter()
-    for _ in range(reps):
-      ref.update(acts_t)
-    torch_s = (time.perf_counter() - t) / reps
-    # the same merge on the host with numpy's O(n) introselect (np.partition)
-    host = np.asarray(buffer).copy()
-    values = acts.reshape(-1, k).T
-    merge_np = lambda buf: np.partition(np.concatenate([buf, values], axis=1), -m, axis=1)[:, -m:]
-    host = merge_np(host)
-    t = time.perf_counter()
-    for _ in range(reps):
-      host = merge_np(host)
-    numpy_s = (time.perf_counter() - t) / reps
-    batches = -(-images // bs)
-    rows.append(dict(images=images, m=m, buffer_mb=k * m * 4 / 2**20, jax_s_per_batch=jax_s,
-                     torch_s_per_batch=torch_s, numpy_s_per_batch=numpy_s,
-                     jax_s_whole_pass=jax_s * batches, torch_s_whole_pass=torch_s * batches,
-                     numpy_s_whole_pass=numpy_s * batches))
-    print(rows[-1], flush=True)
+  old(list(batches(bs)))                            # compile outside the clock
+  for images in (args.threshold_images, 4 * args.threshold_images):
+    row = dict(images=images, m=thresholds.buffer_size(images * h * w, args.tau))
+    results = {}
+    for name, fn in (('topk_merge', old), ('top_m_set', new(thresholds.StreamingThreshold)),
+                     ('histogram', new(thresholds.HistogramThreshold))):
+      if name == 'topk_merge' and images > args.threshold_images:
+        if not args.old_at_4x:
+          continue
+      results[name], row[f'{name}_wall_s'], row[f'{name}_cpu_s'] = timed(fn, images)
+    ref = results['top_m_set']
+    row['all_equal'] = all(np.array_equal(r, ref) for r in results.values())
+    rows.append(row)
+    print(row, flush=True)
   pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
@@ -664,11 +686,12 @@ def run_profile_layers(args, work: pathlib.Path, env: dict) -> None:
 
 
 def run_thresholds(args, work: pathlib.Path, env: dict) -> None:
-  key = 'threshold_merge_cost'
+  key = 'threshold_selection_cost'
   if args.skip_done and load(key):
     return
   result = measure([PYTHON, str(BENCH / 'run.py'), 'worker_thresholds', f'--threads={args.threads}',
-                    f'--batch_size={args.batch_size}', f'--json={work / (key + ".json")}'], key, env)
+                    f'--batch_size={args.batch_size}', f'--threshold_images={args.scale_images}',
+                    f'--json={work / (key + ".json")}'], key, env)
   result['detail'] = json.loads((work / (key + '.json')).read_text())
   save(key, result)
   write_report(args)
@@ -739,6 +762,8 @@ def main() -> None:
     parser.add_argument('--cache_dir', default=tempfile.gettempdir())
     parser.add_argument('--limit', type=int, default=0, help='forward: first N images only')
     parser.add_argument('--torch_mode', default='eager', choices=('eager', 'frozen'))
+    parser.add_argument('--threshold_images', type=int, default=250)
+    parser.add_argument('--old_at_4x', type=int, default=1)
     args = parser.parse_args()
     args.rf = None
     if sub == 'worker_parity':      # rf geometry of the taps, from ndjax's model (no weights)

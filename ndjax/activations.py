@@ -11,6 +11,7 @@ import hashlib
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 
@@ -27,27 +28,43 @@ def structure_key(graphdef) -> tuple:
   return hashlib.sha1(repr(graphdef).encode()).hexdigest(), types
 
 
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
 @functools.lru_cache(maxsize=64)
-def _compiled(key: tuple, taps: tuple[str, ...], mesh) -> tuple[Callable, list]:
+def _compiled(key: tuple, taps: tuple[str, ...], mesh, compute_dtype: str) -> tuple[Callable, list]:
   holder = []       # the first graphdef seen for this structure; equal structures share it
 
   def forward(state, images):
-    model = nnx.merge(holder[0], state)
-    model.eval()       # dissection is of the network at inference, whatever mode it was left in
-    return model(images, taps)
+    if compute_dtype == 'float32':
+      model = nnx.merge(holder[0], state)
+      model.eval()     # dissection is of the network at inference, whatever mode it was left in
+      return model(images, taps)
+    # reduced precision: parameters and the preprocessed input in bf16, the taps back in f32
+    dtype = jnp.dtype(compute_dtype)
+    cast = lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    model = nnx.merge(holder[0], jax.tree.map(cast, state))
+    model.eval()
+    out = model.forward(cast(model.preprocess(images)), taps)
+    return {t: v.astype(jnp.float32) for t, v in out.items()}
 
   return jax.jit(forward), holder
 
 
-def make_forward(model: nnx.Module, taps: Sequence[str], mesh=None) -> Callable[[jax.Array], dict]:
+def make_forward(model: nnx.Module, taps: Sequence[str], mesh=None,
+                 compute_dtype: str = 'float32') -> Callable[[jax.Array], dict]:
   """uint8 NHWC images -> {tap: (B, h, w, K) float32}, compiled once per structure and shape.
 
   The forward stops after the deepest tap. With a mesh, the parameters are replicated and each
-  batch is split over the mesh's 'batch' axis (data parallel).
+  batch is split over the mesh's 'batch' axis (data parallel). `compute_dtype='bfloat16'` runs
+  the network in bf16 (for accelerators; thresholds and counts stay exact over what it computes,
+  but the activations themselves are rounded, so labels can differ from float32's).
   """
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'compute_dtype={compute_dtype!r}: use one of {", ".join(COMPUTE_DTYPES)}')
   taps = tuple(taps)
   graphdef, state = nnx.split(model)
-  fn, holder = _compiled(structure_key(graphdef), taps, mesh)
+  fn, holder = _compiled(structure_key(graphdef), taps, mesh, compute_dtype)
   if not holder:
     holder.append(graphdef)
   if mesh is not None:

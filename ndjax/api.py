@@ -194,6 +194,8 @@ def run_metadata(out: DissectOutput, ds, model=None, extra: dict | None = None) 
       'devices': [str(d) for d in jax.devices()],
       'processes': jax.process_count(),
       'precision': precision_policy(),
+      'compute_dtype': out.compute_dtype,
+      'threshold_selection': out.selection,
       'images': len(ds.records), 'images_used': out.images_used,
       'bad_images': {'count': len(out.bad_images),
                      'files': {str(i): msg for i, msg in out.bad_images.items()},

@@ -42,6 +42,13 @@ class ActivationCache:
   def has_batch(self, batch_index: int, layers) -> bool:
     return all((batch_index, l) in self.memory or (batch_index, l) in self.disk for l in layers)
 
+  def get(self, batch_index: int, layer: str) -> np.ndarray:
+    """A cached batch, kept for a later `pop` (the histogram selection reads it twice)."""
+    key = (batch_index, layer)
+    if key in self.memory:
+      return self.memory[key]
+    return np.load(self.disk[key])
+
   def pop(self, batch_index: int, layer: str) -> np.ndarray:
     key = (batch_index, layer)
     if key in self.memory:

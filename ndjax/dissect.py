@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
+import sys
 import tempfile
 import time
 from typing import Sequence
@@ -44,7 +47,9 @@ class DissectConfig:
   skip_bad_images: bool = False
   progress: bool = True
   chunk: int = 4                                  # images per on-device counting step
-  max_buffer_gb: float = 8.0                      # cap on the exact-threshold top-m buffers
+  max_buffer_gb: float = 8.0                      # cap on the exact-threshold selection memory
+  selection: str = 'auto'                         # 'top', 'histogram', or 'auto' (top while it fits)
+  compute_dtype: str = 'float32'                  # the forward's dtype; 'bfloat16' for accelerators
   topk: int = 10                                  # top images kept per unit for the report
   profile: bool = False                           # block after each stage to time it (slower)
   devices: int = 0                                # local devices to shard batches over; 0 = all
@@ -87,6 +92,8 @@ class DissectOutput:
   timings: dict[str, float]
   resumed_from: dict | None = None       # {'phase', 'done'} of the checkpoint a resumed run used
   bad_in_thresholds: list[int] = dataclasses.field(default_factory=list)
+  compute_dtype: str = 'float32'
+  selection: dict = dataclasses.field(default_factory=dict)   # layer -> 'top' | 'histogram'
 
   @property
   def layers(self) -> dict[str, ViewResult]:
@@ -122,16 +129,21 @@ class StageTimer:
       yield item
 
 
+SELECTIONS = {'top': thresholds.StreamingThreshold, 'histogram': thresholds.HistogramThreshold}
+
+
 class Basis:
   """One basis of one layer: the views that read the layer through the same matrix (they differ
   only in tau). Pass 1 fills one threshold buffer (sized for the largest tau) and one top-k list;
   pass 2 one set of counts per view."""
 
-  def __init__(self, layer: str, views: list[views_lib.View], units: int, max_n: int, topk: int):
+  def __init__(self, layer: str, views: list[views_lib.View], units: int, max_n: int, topk: int,
+               selection: str = 'top'):
     self.layer, self.views = layer, views
     m = views[0].matrix
     self.matrix = None if m is None else jnp.asarray(m)
-    self.stream = thresholds.StreamingThreshold(units, max_n, [v.tau for v in views])
+    select = SELECTIONS[selection]
+    self.stream = select(units, max_n, [v.tau for v in views])
     self.top = topk_lib.TopImages(units, topk) if topk > 0 else None
     self.thresholds: np.ndarray | None = None      # (V, units) once pass 1 is done
     self.counts: list[iou.Counts] | None = None
@@ -142,8 +154,19 @@ class Basis:
     if self.top is not None:
       clock.stage('topk', self.top.update, v, ids, valid)
 
-  def finish_pass1(self, max_hw: tuple[int, int], num_labels: int, num_cats: int) -> None:
+  def end_pass1(self) -> None:
     self.stream.merge_processes()
+    if self.stream.needs_refine:
+      self.stream.start_refine()
+
+  def refine(self, acts, valid, clock: StageTimer) -> None:
+    """The histogram selection's second look at the same activations."""
+    v = clock.stage('view', views_lib.transform, acts, self.matrix)
+    clock.stage('threshold_refine', self.stream.refine, v, valid)
+
+  def finish_pass1(self, max_hw: tuple[int, int], num_labels: int, num_cats: int) -> None:
+    if self.stream.needs_refine:
+      self.stream.merge_refine_processes()
     self.thresholds = np.stack([self.stream.result(v.tau) for v in self.views])
     if self.top is not None:
       self.top.finish_ranking(max_hw)
@@ -173,7 +196,9 @@ class Basis:
   # ---- the state a checkpoint holds ----------------------------------------------------------
   def state(self, phase: int) -> dict:
     tree = {}
-    if phase == 1:
+    if phase == 1 and self.stream.needs_refine:
+      tree.update(hist=self.stream.hist, seen=np.array(self.stream.seen))
+    elif phase == 1:
       tree.update(buffer=self.stream.buffer, seen=np.array(self.stream.seen))
     else:
       tree['thresholds'] = self.thresholds
@@ -186,7 +211,10 @@ class Basis:
 
   def restore(self, tree: dict, phase: int) -> None:
     if phase == 1:
-      self.stream.buffer = jnp.asarray(tree['buffer'])
+      if self.stream.needs_refine:
+        self.stream.hist = np.array(tree['hist'], np.int64)
+      else:
+        self.stream.buffer = np.asarray(tree['buffer'])
       self.stream.seen = int(tree['seen'])
     else:
       self.thresholds = np.asarray(tree['thresholds'])
@@ -213,6 +241,7 @@ class Plan:
   views: dict[str, list[views_lib.View]]
   mats: dict                            # (size key, layer) -> (wy, wx) on the device
   max_n: dict[str, int]
+  selection: dict[str, str]             # layer -> 'top' (one pass) or 'histogram' (two passes)
 
 
 def _valid_mask(batch: loader.Batch, bad: loader.BadImages) -> np.ndarray:
@@ -233,27 +262,46 @@ def make_plan(model, ds, cfg: DissectConfig) -> Plan:
     views = {l: views_lib.build(cfg.views, units[l]) for l in layers}
   except views_lib.ViewError as e:
     raise DissectError(str(e)) from None
-  need, width = {}, {}
-  for l in layers:
-    for group in views_lib.taus_by_basis(views[l]).values():
-      d = units[l] if group[0].matrix is None else group[0].matrix.shape[1]
-      m = max(thresholds.buffer_size(max_n[l], v.tau) for v in group)
-      need[l] = need.get(l, 0.0) + m * d * 4 / 2**30
-      width[l] = width.get(l, 0) + d
-  if sum(need.values()) > cfg.max_buffer_gb:
-    worst = max(need, key=need.get)
-    raise DissectError(
-        f'exact thresholds need {sum(need.values()):.1f} GB of top-m buffers ({worst}: '
-        f'{max_n[worst]:,} values per unit x {width[worst]} units over its views, taus '
-        f'{cfg.views.taus}), over the {cfg.max_buffer_gb:g} GB cap; dissect that layer on fewer '
-        'images, with fewer views, or alone')
+  selection = choose_selection(layers, views, units, max_n, cfg)
   mats = {}
   for key, per_layer in shapes.items():
     for l, (h, w, _) in per_layer.items():
       rf = model.rf_geometry(l) if cfg.upsample == 'rf' else None
       wy, wx = upsample.matrices(cfg.upsample, (h, w), key[:2], key[2:], rf)
       mats[key, l] = (jnp.asarray(wy), jnp.asarray(wx))
-  return Plan(layers, batches, all_batches, shapes, views, mats, max_n)
+  return Plan(layers, batches, all_batches, shapes, views, mats, max_n, selection)
+
+
+def choose_selection(layers, views, units, max_n, cfg: DissectConfig) -> dict[str, str]:
+  """Per layer, the exact selection that fits: one-pass top-m sets while all of them fit in
+  `max_buffer_gb`; beyond that the layers that gain most switch to the two-pass histogram
+  selection (fixed memory, one more look at their activations). `cfg.selection` can force one."""
+  if cfg.selection not in ('auto', *SELECTIONS):
+    raise DissectError(f'selection={cfg.selection!r}: use auto, top or histogram')
+
+  def need(l, kind):
+    return sum(SELECTIONS[kind].bytes_needed(
+        units[l] if g[0].matrix is None else g[0].matrix.shape[1], max_n[l], [v.tau for v in g])
+               for g in views_lib.taus_by_basis(views[l]).values()) / 2**30
+
+  gb = {(l, kind): need(l, kind) for l in layers for kind in SELECTIONS}
+  if cfg.selection != 'auto':
+    selection = {l: cfg.selection for l in layers}
+  else:
+    selection = {l: 'top' for l in layers}
+    total = lambda: sum(gb[l, selection[l]] for l in layers)
+    for l in sorted(layers, key=lambda l: gb[l, 'top'] - gb[l, 'histogram'], reverse=True):
+      if total() <= cfg.max_buffer_gb or gb[l, 'histogram'] >= gb[l, 'top']:
+        break
+      selection[l] = 'histogram'
+  total = sum(gb[l, selection[l]] for l in layers)
+  if total > cfg.max_buffer_gb:
+    worst = max(layers, key=lambda l: gb[l, selection[l]])
+    raise DissectError(
+        f'exact thresholds need {total:.1f} GB ({worst}: {max_n[worst]:,} values per unit x '
+        f'{units[worst]} units, {len(views[worst])} views, {selection[worst]} selection), over '
+        f'the {cfg.max_buffer_gb:g} GB cap; dissect fewer layers or views at a time')
+  return selection
 
 
 def _check_finite(layer: str, acts: np.ndarray, batch: loader.Batch, valid: np.ndarray, ds) -> None:
@@ -287,7 +335,8 @@ class _Checkpoints:
       views = {l: [v.describe() for v in vs] for l, vs in plan.views.items()}
       identity = dict(cfg.identity or {}, layers=list(plan.layers), views=views,
                       upsample=cfg.upsample, batch_size=cfg.batch_size, images=len(ds.records),
-                      processes=jax.process_count(), topk=cfg.topk)
+                      processes=jax.process_count(), topk=cfg.topk,
+                      compute_dtype=cfg.compute_dtype, selection=dict(plan.selection))
       self.store = resume_lib.StateStore(cfg.checkpoint_dir, jax.process_index(), identity)
     self.saved = self.store.load_latest() if self.store is not None and cfg.resume else None
 
@@ -314,118 +363,196 @@ def dissect(model, ds, cfg: DissectConfig) -> DissectOutput:
   per_device = -(-cfg.batch_size // n_dev)
   cfg = dataclasses.replace(cfg, batch_size=per_device * n_dev, chunk=math.gcd(cfg.chunk, per_device))
   plan = make_plan(model, ds, cfg)
-  layers, batches = plan.layers, plan.batches
-  forward = activations.make_forward(model, layers, mesh)
-  bad = loader.BadImages(cfg.skip_bad_images)
-  timings = dict(forward_and_threshold=0.0, count=0.0)
-  clock = StageTimer(cfg.profile)
-  num_cats, num_labels = len(ds.categories), ds.num_labels
+  run = _Run(model, ds, cfg, plan, mesh)
+  try:
+    run.restore()
+    run.pass1()
+    run.refine()
+    run.start_pass2()
+    run.pass2()
+  finally:
+    run.cache.close()
+  run.ckpt.clear()
+  return run.output()
 
-  bases: list[Basis] = []
-  for l in layers:
-    units = plan.shapes[plan.all_batches[0].size_key][l][2]
-    for group in views_lib.taus_by_basis(plan.views[l]).values():
-      d = units if group[0].matrix is None else group[0].matrix.shape[1]
-      bases.append(Basis(l, group, d, plan.max_n[l], cfg.topk))
-  max_hw = {l: tuple(max(plan.shapes[k][l][d] for k in plan.shapes) for d in (0, 1)) for l in layers}
 
-  ckpt = _Checkpoints(cfg, ds, plan)
-  saved = ckpt.saved
-  phase, done = (1, 0) if saved is None else (int(saved['phase']), int(saved['done']))
-  after_pass1: set[int] = set()          # bad images known when the thresholds were taken
-  if saved is not None:
+class _Run:
+  """One dissection's moving parts: the passes share the forward function, the activation
+  cache, the bad-image list, the bases and the checkpoints."""
+
+  def __init__(self, model, ds, cfg: DissectConfig, plan: Plan, mesh):
+    self.model, self.ds, self.cfg, self.plan, self.mesh = model, ds, cfg, plan, mesh
+    self.layers = plan.layers
+    self.forward = activations.make_forward(model, self.layers, mesh, cfg.compute_dtype)
+    self.bad = loader.BadImages(cfg.skip_bad_images)
+    self.timings = dict(forward_and_threshold=0.0, count=0.0)
+    self.clock = StageTimer(cfg.profile)
+    self.num_cats, self.num_labels = len(ds.categories), ds.num_labels
+    self.bases: list[Basis] = []
+    for l in self.layers:
+      units = plan.shapes[plan.all_batches[0].size_key][l][2]
+      for group in views_lib.taus_by_basis(plan.views[l]).values():
+        d = units if group[0].matrix is None else group[0].matrix.shape[1]
+        self.bases.append(Basis(l, group, d, plan.max_n[l], cfg.topk, plan.selection[l]))
+    self.max_hw = {l: tuple(max(plan.shapes[k][l][d] for k in plan.shapes) for d in (0, 1))
+                   for l in self.layers}
+    self.ckpt = _Checkpoints(cfg, ds, plan)
+    self.phase, self.done = 1, 0
+    self.after_pass1: set[int] = set()       # bad images known when the thresholds were taken
+    self.cache = ActivationCache(cfg.cache_gb, cache_policy(model, plan, cfg))
+
+  def restore(self) -> None:
+    saved = self.ckpt.saved
+    if saved is None:
+      return
+    self.phase, self.done = int(saved['phase']), int(saved['done'])
     for i in np.asarray(saved['bad']).tolist():
       if i >= 0:
-        bad.items.setdefault(int(i), 'skipped before the resume')
-    after_pass1 = {i for i in np.asarray(saved['bad_pass1']).tolist() if i >= 0}
-    for j, b in enumerate(bases):
-      b.restore(saved['bases'][f'b{j}'], phase)
+        self.bad.items.setdefault(int(i), 'skipped before the resume')
+    self.after_pass1 = {i for i in np.asarray(saved['bad_pass1']).tolist() if i >= 0}
+    for j, b in enumerate(self.bases):
+      b.restore(saved['bases'][f'b{j}'], self.phase)
 
-  def ids(items) -> np.ndarray:
-    return np.array(sorted(items) or [-1], np.int64)
+  def state(self, ph: int, pos: int) -> dict:
+    def ids(items) -> np.ndarray:
+      return np.array(sorted(items) or [-1], np.int64)
+    return dict(phase=np.array(ph), done=np.array(pos), bad=ids(self.bad.items),
+                bad_pass1=ids(self.after_pass1 if ph == 2 else self.bad.items),
+                bases={f'b{j}': b.state(ph) for j, b in enumerate(self.bases)})
 
-  def state(ph: int, pos: int) -> dict:
-    return dict(phase=np.array(ph), done=np.array(pos), bad=ids(bad.items),
-                bad_pass1=ids(after_pass1 if ph == 2 else bad.items),
-                bases={f'b{j}': b.state(ph) for j, b in enumerate(bases)})
+  def batches(self, todo, decode, wait: str, desc: str, start: int):
+    """(position, batch) over `todo` with decoding prefetched (time waiting on it: `wait`), a
+    progress bar, and positions counted from `start` + 1."""
+    stream = self.clock.wait(wait, loader.prefetch(todo, decode, self.bad))
+    bar = tqdm(stream, total=len(todo), desc=desc, unit='batch', disable=not self.cfg.progress)
+    return enumerate(bar, start=start + 1)
 
-  cache = ActivationCache(cfg.cache_gb, cfg.cache_dir)
-  try:
-    # ---- pass 1: forward + views + exact thresholds ----------------------------------------
+  def activations(self, batch: loader.Batch, *, keep: bool, forward=None, layers=None) -> dict:
+    """A batch's activations from the cache (popped unless `keep`) or recomputed."""
+    layers = layers or self.layers
+    if self.cache.has_batch(batch.index, layers):
+      take = self.cache.get if keep else self.cache.pop
+      return {l: take(batch.index, l) for l in layers}
+    # not cached (over budget, no spill dir): recompute this batch's forward pass
+    images = [None if i < 0 or int(i) in self.bad.items else self.ds.load_image(int(i))
+              for i in batch.ids]
+    return self.clock.stage('forward_again', forward or self.forward,
+                            loader.stack_images(dataclasses.replace(batch, data=images)))
+
+  # ---- pass 1: forward + views + exact thresholds ----------------------------------------------
+  def pass1(self) -> None:
     t0 = time.perf_counter()
-    todo1 = batches[done:] if phase == 1 else []
-    for pos, batch in enumerate(tqdm(
-        clock.wait('decode_images', loader.prefetch(todo1, ds.load_image, bad)),
-        total=len(todo1), desc='pass 1/2 forward + thresholds', unit='batch',
-        disable=not cfg.progress), start=(done if phase == 1 else 0) + 1):
-      valid = _valid_mask(batch, bad)
-      acts = clock.stage('forward', forward, loader.stack_images(batch))
-      for l in layers:
-        host = clock.stage('cache', np.asarray, acts[l])
-        _check_finite(l, host, batch, valid, ds)
-        cache.put(batch.index, l, host)
-      for b in bases:
-        b.pass1(acts[b.layer], batch.ids, valid, clock)
-      if ckpt.due(pos, len(batches)):
-        ckpt.save(state(1, pos))
-    _merge_bad_images(bad, ds)
-    if phase == 1:
-      after_pass1 = set(bad.items)
-      if len(after_pass1) >= len(ds.records):
-        raise DissectError(f'none of the {len(ds.records)} probe images could be decoded '
+    todo = self.plan.batches[self.done:] if self.phase == 1 else []
+    for pos, batch in self.batches(todo, self.ds.load_image, 'decode_images',
+                                   'pass 1/2 forward + thresholds',
+                                   self.done if self.phase == 1 else 0):
+      valid = _valid_mask(batch, self.bad)
+      acts = self.clock.stage('forward', self.forward, loader.stack_images(batch))
+      for l in self.layers:
+        host = self.clock.stage('cache', np.asarray, acts[l])
+        _check_finite(l, host, batch, valid, self.ds)
+        self.cache.put(batch.index, l, host)
+      for b in self.bases:
+        b.pass1(acts[b.layer], batch.ids, valid, self.clock)
+      if self.ckpt.due(pos, len(self.plan.batches)):
+        self.ckpt.save(self.state(1, pos))
+    _merge_bad_images(self.bad, self.ds)
+    if self.phase == 1:
+      self.after_pass1 = set(self.bad.items)
+      if len(self.after_pass1) >= len(self.ds.records):
+        raise DissectError(f'none of the {len(self.ds.records)} probe images could be decoded '
                            '(see the warnings above); nothing to dissect')
-      for b in bases:
-        b.finish_pass1(max_hw[b.layer], num_labels, num_cats)
-      ckpt.save(state(2, 0))
-    else:
-      for b in bases:
-        b.start_counts(num_labels, num_cats)
-    timings['forward_and_threshold'] = time.perf_counter() - t0
+      for b in self.bases:
+        b.end_pass1()
+    self.timings['forward_and_threshold'] = time.perf_counter() - t0
 
-    # ---- pass 2: views + upsample + threshold + count --------------------------------------
+  def refine(self) -> None:
+    """The histogram selection's second pass, over the layers that need it (cached activations,
+    or a forward pass that stops at the deepest of them)."""
+    bases = [b for b in self.bases if b.stream.needs_refine]
+    if self.phase != 1 or not bases:
+      return
     t0 = time.perf_counter()
-    start2 = done if phase == 2 else 0
-    max_layers, max_image = ds.max_layers(), ds.max_image_labels()
-    todo2 = batches[start2:]
-    for pos, batch in enumerate(tqdm(
-        clock.wait('decode_labels', loader.prefetch(todo2, ds.load_labels, bad)),
-        total=len(todo2), desc='pass 2/2 upsample + count', unit='batch',
-        disable=not cfg.progress), start=start2 + 1):
-      valid = _valid_mask(batch, bad)
-      labels = clock.stage('stack_labels', loader.stack_labels, batch, ds, max_layers, max_image)
-      if cache.has_batch(batch.index, layers):
-        acts = {l: cache.pop(batch.index, l) for l in layers}
-      else:     # not cached (over budget, no spill dir): recompute this batch's forward pass
-        images = [None if i < 0 or int(i) in bad.items else ds.load_image(int(i)) for i in batch.ids]
-        acts = clock.stage('forward_again', forward,
-                           loader.stack_images(dataclasses.replace(batch, data=images)))
+    layers = tuple(l for l in self.layers if any(b.layer == l for b in bases))
+    forward = activations.make_forward(self.model, layers, self.mesh, self.cfg.compute_dtype)
+    for _, batch in self.batches(self.plan.batches, self.ds.load_image, 'decode_images',
+                                 'pass 1b/2 exact thresholds (histogram)', 0):
+      valid = _valid_mask(batch, self.bad)
+      acts = self.activations(batch, keep=True, forward=forward, layers=layers)
       for b in bases:
-        wy, wx = plan.mats[batch.size_key, b.layer]
-        b.pass2(acts[b.layer], wy, wx, labels, batch.ids, valid, num_cats=num_cats,
-                chunk=cfg.chunk, mesh=mesh, clock=clock)
-      if ckpt.due(pos, len(batches)):
-        ckpt.save(state(2, pos))
-    for b in bases:
-      b.finish_pass2()
-    _merge_bad_images(bad, ds)
-    timings['count'] = time.perf_counter() - t0
-  finally:
-    cache.close()
+        b.refine(acts[b.layer], valid, self.clock)
+    self.timings['threshold_refine'] = time.perf_counter() - t0
 
-  ckpt.clear()
-  timings.update(clock.totals)
-  used = sum(int(np.sum(_valid_mask(b, bad))) for b in plan.all_batches)
-  results = []
-  for l in layers:
-    for b in (b for b in bases if b.layer == l):
-      for i, view in enumerate(b.views):
-        results.append(ViewResult(l, view, model.describe(l), b.thresholds[i], b.counts[i], b.top))
-  order = {id(v): n for l in layers for n, v in enumerate(plan.views[l])}
-  results.sort(key=lambda r: (layers.index(r.layer), order[id(r.view)]))
-  resumed = None if saved is None else {'phase': int(saved['phase']), 'done': int(saved['done'])}
-  # images whose masks failed in pass 2: their activations already entered T_k
-  late = sorted(set(bad.items) - after_pass1)
-  return DissectOutput(results, dict(bad.items), used, timings, resumed, late)
+  def start_pass2(self) -> None:
+    if self.phase == 1:
+      for b in self.bases:
+        b.finish_pass1(self.max_hw[b.layer], self.num_labels, self.num_cats)
+      self.ckpt.save(self.state(2, 0))
+    else:
+      for b in self.bases:
+        b.start_counts(self.num_labels, self.num_cats)
+
+  # ---- pass 2: views + upsample + threshold + count ----------------------------------------
+  def pass2(self) -> None:
+    t0 = time.perf_counter()
+    start = self.done if self.phase == 2 else 0
+    max_layers, max_image = self.ds.max_layers(), self.ds.max_image_labels()
+    for pos, batch in self.batches(self.plan.batches[start:], self.ds.load_labels, 'decode_labels',
+                                   'pass 2/2 upsample + count', start):
+      valid = _valid_mask(batch, self.bad)
+      labels = self.clock.stage('stack_labels', loader.stack_labels, batch, self.ds, max_layers,
+                                max_image)
+      acts = self.activations(batch, keep=False)
+      for b in self.bases:
+        wy, wx = self.plan.mats[batch.size_key, b.layer]
+        b.pass2(acts[b.layer], wy, wx, labels, batch.ids, valid, num_cats=self.num_cats,
+                chunk=self.cfg.chunk, mesh=self.mesh, clock=self.clock)
+      if self.ckpt.due(pos, len(self.plan.batches)):
+        self.ckpt.save(self.state(2, pos))
+    for b in self.bases:
+      b.finish_pass2()
+    _merge_bad_images(self.bad, self.ds)
+    self.timings['count'] = time.perf_counter() - t0
+
+  def output(self) -> DissectOutput:
+    self.timings.update(self.clock.totals)
+    used = sum(int(np.sum(_valid_mask(b, self.bad))) for b in self.plan.all_batches)
+    results = []
+    for l in self.layers:
+      for b in (b for b in self.bases if b.layer == l):
+        for i, view in enumerate(b.views):
+          results.append(ViewResult(l, view, self.model.describe(l), b.thresholds[i], b.counts[i],
+                                    b.top))
+    order = {id(v): n for l in self.layers for n, v in enumerate(self.plan.views[l])}
+    results.sort(key=lambda r: (self.layers.index(r.layer), order[id(r.view)]))
+    saved = self.ckpt.saved
+    resumed = None if saved is None else {'phase': int(saved['phase']), 'done': int(saved['done'])}
+    # images whose masks failed in pass 2: their activations already entered T_k
+    late = sorted(set(self.bad.items) - self.after_pass1)
+    return DissectOutput(results, dict(self.bad.items), used, self.timings, resumed, late,
+                         self.cfg.compute_dtype, dict(self.plan.selection))
+
+
+def cache_policy(model, plan: Plan, cfg: DissectConfig) -> str | None:
+  """Where activations over the memory budget go: `cfg.cache_dir`, or nowhere (recomputed in
+  pass 2) when that disk lacks the room; says so in one line rather than fail mid-run."""
+  if cfg.cache_dir is None:
+    return None
+  total = sum(int(np.prod(plan.shapes[b.size_key][l])) * len(b.ids) * 4
+              for b in plan.batches for l in plan.layers)
+  spill = total - cfg.cache_gb * 2**30
+  if spill <= 0:
+    return cfg.cache_dir
+  probe = cfg.cache_dir
+  while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+    probe = os.path.dirname(probe)
+  free = shutil.disk_usage(probe).free
+  if spill > 0.9 * free:
+    print(f'activation cache: {spill / 2**30:.1f} GB over --cache_gb would spill to {cfg.cache_dir}'
+          f', which has {free / 2**30:.1f} GB free: recomputing the forward pass in pass 2 instead',
+          file=sys.stderr)
+    return None
+  return cfg.cache_dir
 
 
 def _merge_bad_images(bad: loader.BadImages, ds) -> None:

@@ -78,6 +78,10 @@ flags.DEFINE_integer('checkpoint_every', 50, 'Checkpoint the streaming state (Or
 flags.DEFINE_bool('resume', False, 'Continue from the newest checkpoint of this run, if any.')
 flags.DEFINE_string('checkpoint_dir', None, 'Where checkpoints go. Default <outdir>/<run_name>/.resume; '
                     'removed when the run finishes.')
+flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'], 'dtype of the forward '
+                  'pass. bfloat16 is for accelerators (off by default): thresholds and counts stay '
+                  'exact over the activations it computes, but those are rounded, so a few labels '
+                  'can change; on CPU it does not pay (see benchmarks/RESULTS.md).')
 flags.DEFINE_integer('devices', 0, 'Local devices to split each batch over (data parallel); 0 = all.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for a multi-process '
                     'run through jax.distributed (each process takes every P-th batch).')
@@ -176,7 +180,7 @@ def run() -> list[str]:
         model, ds, layers, views=views, upsample=FLAGS.upsample, batch_size=FLAGS.batch_size,
         cache_gb=FLAGS.cache_gb, cache_dir=FLAGS.cache_dir or None,
         skip_bad_images=FLAGS.skip_bad_images, progress=FLAGS.progress, topk=FLAGS.topk,
-        devices=FLAGS.devices, checkpoint_every=FLAGS.checkpoint_every, resume=FLAGS.resume,
+        devices=FLAGS.devices, compute_dtype=FLAGS.compute_dtype, checkpoint_every=FLAGS.checkpoint_every, resume=FLAGS.resume,
         checkpoint_dir=FLAGS.checkpoint_dir or os.path.join(run_dir, '.resume'),
         identity={'model': FLAGS.model, 'weights': model.weights, 'seed': FLAGS.seed,
                   'dataset': os.path.abspath(FLAGS.dataset) if FLAGS.dataset else
@@ -195,7 +199,8 @@ def _write(out, ds, model, layers, run_dir, wall) -> list[str]:
   meta = {'flags': {f: getattr(FLAGS, f) for f in (
               'model', 'weights', 'seed', 'dataset', 'layers', 'tau', 'rotation', 'rotation_seed',
               'rotation_alpha', 'directions', 'iou_threshold', 'upsample', 'denominator',
-              'batch_size', 'outdir', 'run_name', 'cache_gb', 'skip_bad_images', 'topk')},
+              'batch_size', 'outdir', 'run_name', 'cache_gb', 'skip_bad_images', 'topk',
+              'compute_dtype')},
           'resolved': {'weights': model.weights, 'dataset': str(getattr(ds, 'root', '')),
                        'layers': layers, 'run_dir': os.path.abspath(run_dir)}}
   try:
