@@ -177,13 +177,13 @@ class Basis:
     if self.counts is None:
       self.counts = [iou.Counts.zeros(self.stream.units, num_labels, num_cats) for _ in self.views]
 
-  def pass2(self, acts, wy, wx, labels: loader.LabelBatch, ids, valid, *, num_cats: int,
-            chunk: int, mesh, clock: StageTimer) -> None:
+  def pass2(self, acts, wy, wx, labels: loader.LabelBatch, sets: dict, ids, valid, *, chunk: int,
+            mesh, clock: StageTimer) -> None:
     v = clock.stage('view', views_lib.transform, acts, self.matrix)
-    for thr, counts in zip(self._thr_dev, self.counts):
-      out = clock.stage('upsample_count', iou.count_batch, v, thr, wy, wx, labels.layers,
-                        labels.image_labels, labels.label_cat, valid,
-                        num_local=len(labels.label_cat), num_cats=num_cats, chunk=chunk, mesh=mesh)
+    for thr, t_host, counts in zip(self._thr_dev, self.thresholds, self.counts):
+      units = clock.stage('active_units', iou.active_units, v, t_host)
+      out = clock.stage('upsample_count', iou.count_batch, v, thr, wy, wx, sets, valid,
+                        chunk=chunk, mesh=mesh, units=units)
       clock.stage('accumulate', counts.add, out, labels.global_ids)
     if self.top is not None:
       clock.stage('topk_maps', self.top.gather, np.asarray(v), ids)
@@ -503,10 +503,13 @@ class _Run:
       labels = self.clock.stage('stack_labels', loader.stack_labels, batch, self.ds, max_layers,
                                 max_image)
       acts = self.activations(batch, keep=False)
+      sets = self.clock.stage('label_sets', iou.label_sets_jit, labels.layers, labels.image_labels,
+                              labels.label_cat, valid, num_local=len(labels.label_cat),
+                              num_cats=self.num_cats)
       for b in self.bases:
         wy, wx = self.plan.mats[batch.size_key, b.layer]
-        b.pass2(acts[b.layer], wy, wx, labels, batch.ids, valid, num_cats=self.num_cats,
-                chunk=self.cfg.chunk, mesh=self.mesh, clock=self.clock)
+        b.pass2(acts[b.layer], wy, wx, labels, sets, batch.ids, valid, chunk=self.cfg.chunk,
+                mesh=self.mesh, clock=self.clock)
       if self.ckpt.due(pos, len(self.plan.batches)):
         self.ckpt.save(self.state(2, pos))
     for b in self.bases:

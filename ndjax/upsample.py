@@ -96,7 +96,8 @@ def upsample(acts: jax.Array, wy: jax.Array, wx: jax.Array) -> jax.Array:
 
 def threshold_masks(acts: jax.Array, thresholds: jax.Array, wy: jax.Array,
                     wx: jax.Array) -> jax.Array:
-  """(B, h, w, K) maps, (K,) T_k -> bool unit-major (B, K, sh, sw) masks M_k. Pure, jit-able.
+  """(B, h, w, K) maps, (K,) or (B, K) T_k -> bool unit-major (B, K, sh, sw) masks M_k. Pure,
+  jit-able.
 
   Why upsample(a - T) > 0 and not upsample(a) > T: the definition turns a pixel on only if its
   interpolated value is > T_k AND some source value it reads (non-zero weight) is > T_k. In
@@ -112,5 +113,8 @@ def threshold_masks(acts: jax.Array, thresholds: jax.Array, wy: jax.Array,
   below 2^-126 ~ 1.2e-38 reads as 0 and leaves the pixel off; it takes activations near 1e-30 to
   matter, and `upsample(a) > T` had the same limit.
   """
-  centred = acts - thresholds.astype(acts.dtype)        # broadcast over the last (unit) axis
+  thresholds = thresholds.astype(acts.dtype)
+  if thresholds.ndim == 2:                              # (B, K): each image its own units' T_k
+    thresholds = thresholds[:, None, None, :]
+  centred = acts - thresholds                           # broadcast over the last (unit) axis
   return upsample_units(centred, wy, wx) > 0

@@ -28,7 +28,8 @@ def test_forward_compiles_once_per_structure(ds):
   outs = [api.dissect(m, ds, layers, tau=0.1, batch_size=3, progress=False) for m in models]
   after = activations._compiled.cache_info()
   assert after.currsize - before.currsize <= 1          # one entry for the structure and taps
-  fn, _ = activations._compiled(activations.structure_key(nnx.split(models[0])[0]), layers, None)
+  fn, _ = activations._compiled(activations.structure_key(nnx.split(models[0])[0]), layers, None,
+                                'float32')
   assert fn._cache_size() == len({r.size_key for r in ds.records})   # one trace per image size
   # and the weights still matter: different seeds, different thresholds
   assert not np.array_equal(outs[0].layers['features.1'].thresholds,

@@ -82,6 +82,32 @@ def test_counts_equal_brute_force(broden_factory, batch_size, tau):
     assert (labels.best_iou == scores_max(got.counts, ds)).all()
 
 
+def test_counting_only_active_units_is_exact(broden_factory):
+  """Pass 2 counts, per image, only the units whose map exceeds T_k somewhere (padded to a shared
+  power-of-two width): on a 48-unit layer with a tight tau that is far fewer than 48 per image,
+  and every count still equals the brute force over all units."""
+  rng = np.random.default_rng(11)
+  ds = broden.open_broden(broden_factory(CATS, LABELS, random_images(rng, 12)))
+  ops = (convstack.Op('conv', 48, 3, 2, 0), convstack.Op('relu'))
+  model = convstack.ConvStack(ops, preprocessing='none', rngs=nnx.Rngs(5))
+  layer, tau = 'features.1', 0.002
+  thr, ref = _brute_force(model, ds, layer, tau)
+  widths = []
+  for i in range(len(ds.records)):                      # images differ in size: one at a time
+    acts = np.asarray(model(ds.load_image(i)[None], (layer,))[layer])
+    units = iou.active_units(acts, thr.astype(np.float32))
+    widths.append(units.shape[1])
+    active = np.flatnonzero(acts[0].max(axis=(0, 1)) > thr.astype(np.float32))
+    assert set(active) <= set(units[0].tolist())        # every active unit is counted
+  assert min(widths) < 48                               # really compacted
+  out = dissect.dissect(model, ds, dissect.DissectConfig(layers=(layer,), tau=tau, batch_size=4,
+                                                         progress=False))
+  got = out.layers[layer].counts
+  for field in ('inter', 'label_pixels', 'act_paper', 'act_lite'):
+    np.testing.assert_array_equal(getattr(got, field), getattr(ref, field), err_msg=field)
+  assert got.inter.sum() > 0
+
+
 def scores_max(counts, ds):
   scores, _ = iou.iou(counts, ds.primary, 'paper')
   return scores.max(axis=1)

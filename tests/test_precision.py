@@ -52,7 +52,11 @@ def test_count_kernel_products():
           jax.ShapeDtypeStruct((sh, h), f32), jax.ShapeDtypeStruct((sw, w), f32),
           jax.ShapeDtypeStruct((b, 2, sh, sw), i32), jax.ShapeDtypeStruct((b, 2), i32),
           jax.ShapeDtypeStruct((cp,), i32), jax.ShapeDtypeStruct((b,), jnp.bool_))
-  count = lambda *a: iou._count(*a, num_local=cp, num_cats=cats, chunk=2)
+  def count(acts, thr, wy, wx, layers, image_labels, label_cat, valid):
+    sets = iou.label_sets(layers, image_labels, label_cat, valid, num_local=cp, num_cats=cats)
+    sets.pop('label_pixels')
+    units = jnp.broadcast_to(jnp.arange(k, dtype=i32), (b, k))
+    return iou._count(acts, thr, wy, wx, sets, valid, units, chunk=2)
   ops = _products(count, *args)
   exact_01 = [op for op in ops if re.search(r'\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\)', op)]
   assert len(exact_01) == 4 and all('xf32>' in op.split('->')[-1] for op in exact_01)

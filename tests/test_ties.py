@@ -112,7 +112,7 @@ def test_every_mask_site_drops_the_plateau():
   acts[1, 3:5, 4:6] = 7.0                                      # one real blob on image 1
   wy, wx = _matrices('rf', hw, rf)
   layers = np.zeros((2, 1, *MASK), np.int32)
-  counts = iou.count_batch(jnp.asarray(acts), jnp.asarray([t]), wy, wx, jnp.asarray(layers),
+  counts = iou.count_labels(jnp.asarray(acts), jnp.asarray([t]), wy, wx, jnp.asarray(layers),
                            jnp.full((2, 1), -1, jnp.int32), jnp.zeros(1, jnp.int32),
                            jnp.ones(2, bool), num_local=1, num_cats=1, chunk=2)
   expect = [mask_by_hand(acts[i, ..., 0], t, IMAGE, MASK, rf) for i in range(2)]
