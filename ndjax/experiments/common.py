@@ -124,11 +124,8 @@ def category_order(categories: Sequence[str]) -> list[str]:
 class Experiment:
   """One experiment's run: its output folder, probe set, dissections, and what it writes."""
 
-  def __init__(self, name: str, *, default_images: int = 0):
-    """default_images: how many of the BUILT-IN probe set's images this experiment uses when
-    --images is not given (0 = all); a --dataset is always used whole unless --images says."""
+  def __init__(self, name: str):
     self.name = name
-    self.default_images = default_images
     self.started = time.time()
     self.outdir = pathlib.Path(FLAGS.outdir or os.path.join('ndjax_experiments', name))
     self.runs = self.outdir / 'runs'
@@ -144,17 +141,12 @@ class Experiment:
     if self._ds is None:
       from ndjax import api
       ds = api.open_probe(FLAGS.dataset, probe=FLAGS.probe, progress=FLAGS.progress)
-      images = FLAGS.images
-      if not FLAGS['images'].present and not FLAGS.dataset and self.default_images:
-        images = self.default_images
-        print(f'{self.name}: the first {images} images of the built-in probe set by default '
-              '(--images=0 for all of them)')
-      if images < 0:
-        raise ExperimentError(f'--images={images} must be >= 0 (0 = all)')
-      if images:
+      if FLAGS.images < 0:
+        raise ExperimentError(f'--images={FLAGS.images} must be >= 0 (0 = all)')
+      if FLAGS.images:
         if not dataclasses.is_dataclass(ds) or not hasattr(ds, 'records'):
           raise ExperimentError('--images needs a Broden directory or the built-in probe set')
-        ds = dataclasses.replace(ds, records=list(ds.records[:images]))
+        ds = dataclasses.replace(ds, records=list(ds.records[:FLAGS.images]))
       self._ds = ds
     return self._ds
 
