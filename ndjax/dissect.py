@@ -239,7 +239,7 @@ class Plan:
   all_batches: list[loader.Batch]
   shapes: dict                          # size key -> {layer: (h, w, K)}
   views: dict[str, list[views_lib.View]]
-  mats: dict                            # (size key, layer) -> (wy, wx) on the device
+  mats: dict                            # (size key, layer) -> (wy, wx) as device `two_taps`
   max_n: dict[str, int]
   selection: dict[str, str]             # layer -> 'top' (one pass) or 'histogram' (two passes)
 
@@ -268,7 +268,7 @@ def make_plan(model, ds, cfg: DissectConfig) -> Plan:
     for l, (h, w, _) in per_layer.items():
       rf = model.rf_geometry(l) if cfg.upsample == 'rf' else None
       wy, wx = upsample.matrices(cfg.upsample, (h, w), key[:2], key[2:], rf)
-      mats[key, l] = (jnp.asarray(wy), jnp.asarray(wx))
+      mats[key, l] = tuple(tuple(jnp.asarray(a) for a in upsample.two_taps(m)) for m in (wy, wx))
   return Plan(layers, batches, all_batches, shapes, views, mats, max_n, selection)
 
 

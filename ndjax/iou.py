@@ -120,7 +120,8 @@ def _sharded_count(mesh, chunk):
 def _count(acts, thresholds, wy, wx, sets, valid, units, *, chunk: int = 4):
   """Unit-side counts for one batch.
 
-  acts: (B, h, w, K) f32; thresholds: (K,); wy: (sh, h); wx: (sw, w); sets: `label_sets` of the
+  acts: (B, h, w, K) f32; thresholds: (K,); wy, wx: (sh, h), (sw, w) bilinear matrices or their
+  `upsample.two_taps`; sets: `label_sets` of the
   batch without label_pixels; valid: (B,) bool, False for batch padding; units: (B, Kc) int32
   distinct units per image to count (the others must have empty masks there). B must be a
   multiple of `chunk`. Returns dict of int32 arrays: inter (K, Cp), act_paper (K, C),
@@ -129,7 +130,7 @@ def _count(acts, thresholds, wy, wx, sets, valid, units, *, chunk: int = 4):
   b, _, _, k = acts.shape
   kc = units.shape[1]
   num_local, num_cats = sets['labelled'].shape[2], sets['img_cat'].shape[1]
-  x_pixels = wy.shape[0] * wx.shape[0]
+  x_pixels = sets['labelled'].shape[1]
 
   def per_chunk(carry, xs):
     acts_c, sets_c, valid_c, units_c = xs

@@ -76,3 +76,38 @@ def test_bilinear_never_exceeds_input_max():
   wy, wx = upsample.matrices('rf', (5, 6), (80, 96), (40, 48), (9.0, 16.0))
   y = np.asarray(upsample.upsample(jnp.asarray(x), jnp.asarray(wy), jnp.asarray(wx)))
   assert (y.max(axis=(1, 2)) <= x.max(axis=(1, 2)) + 1e-6).all()
+
+
+@pytest.mark.parametrize('mode,map_hw,image_hw,mask_hw,rf', [
+    ('center', (14, 14), (224, 224), (112, 112), None),       # VGG16 conv5_3
+    ('center', (224, 224), (224, 224), (112, 112), None),     # conv1_2: larger than the mask
+    ('rf', (13, 13), (227, 227), (113, 113), (15.5, 16.0)),   # AlexNet-like conv5 grid
+    ('rf', (5, 6), (80, 96), (40, 48), (9.0, 16.0)),
+    ('center', (7, 9), (50, 70), (25, 35), None),
+])
+def test_two_taps_equal_the_dense_matrices(mode, map_hw, image_hw, mask_hw, rf):
+  """The pipeline's gather form reads the same two sources with the same weights as the dense
+  bilinear matrices, and thresholds to the same masks (random maps and a plateau at T)."""
+  wy, wx = upsample.matrices(mode, map_hw, image_hw, mask_hw, rf)
+  for w in (wy, wx):
+    lo, hi, w_lo, w_hi = upsample.two_taps(w)
+    rebuilt = np.zeros_like(w)
+    rows = np.arange(len(w))
+    np.add.at(rebuilt, (rows, lo), w_lo)
+    np.add.at(rebuilt, (rows, hi), w_hi)
+    np.testing.assert_array_equal(rebuilt, w)
+  rng = np.random.default_rng(0)
+  acts = rng.standard_normal((3, *map_hw, 6)).astype(np.float32)
+  acts[2] = np.float32(0.7)                                   # a plateau exactly at T
+  acts[2, 1, 1] = 2.0
+  thr = np.full(6, 0.7, np.float32)
+  dense = upsample.threshold_masks(jnp.asarray(acts), jnp.asarray(thr), jnp.asarray(wy), jnp.asarray(wx))
+  taps = tuple(tuple(jnp.asarray(a) for a in upsample.two_taps(m)) for m in (wy, wx))
+  fast = upsample.threshold_masks(jnp.asarray(acts), jnp.asarray(thr), *taps)
+  np.testing.assert_array_equal(np.asarray(fast), np.asarray(dense))
+  assert np.asarray(fast)[2].sum() > 0 and np.asarray(fast)[:2].any()
+
+
+def test_two_taps_refuses_a_matrix_that_is_not_bilinear():
+  with pytest.raises(ValueError, match='bilinear'):
+    upsample.two_taps(np.ones((3, 4), np.float32))
