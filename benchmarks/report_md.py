@@ -436,6 +436,17 @@ def render(results: pathlib.Path) -> str:
   else:
     lines.append('(not measured yet)')
   lines += ['']
+  plain = _load(results, 'forward_vs_plain_conv')
+  lines += ['## ndjax\'s model code against a plain `lax.conv` stack (VGG16 to conv5_3, same weights)', '']
+  if plain:
+    d = plain['detail']
+    lines += [f'Batch {d["batch_size"]}, {d["reps"]} A/B pairs in one process: median ndjax / plain = '
+              f'**{d["ratio_median"]:.3f}**; outputs bit-identical: {"yes" if d["bit_identical"] else "NO"}. '
+              f'Seconds per batch, ndjax: {", ".join(f"{t:.2f}" for t in d["ndjax_s"])}; plain: '
+              f'{", ".join(f"{t:.2f}" for t in d["plain_s"])}.']
+  else:
+    lines.append('(not measured yet)')
+  lines += ['']
   lines += ['## Forward-pass settings (bare forward, first images of the main set)', '',
             *_sweep(results), '']
   analysis = results / 'analysis.md'

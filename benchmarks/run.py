@@ -22,6 +22,7 @@ seconds, with its RSS sampled over time and the machine's load average recorded.
            with a bounded activation cache: peak RSS growth and time linearity.
   exact    thresholds and counts of conv3_3 and conv4_3 at 1x against numpy and the PyTorch
            algorithm on ndjax's activations.
+  plain    ndjax's VGG16 forward against a plain lax.conv stack of the same weights (A/B pairs).
   thresholds  exact thresholds of a conv3_3-shaped layer over whole passes of N and 4N images:
            the old per-batch top_k merge against the top-m set and the histogram selection.
   profile_layers  per-stage profile of conv3_3 and conv4_3 at the 4x scale.
@@ -348,6 +349,51 @@ def worker_thresholds(args) -> None:
     rows.append(row)
     print(row, flush=True)
   pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def worker_plain(args) -> None:
+  """ndjax's VGG16 forward to conv5_3 against a plain `lax.conv` stack of the same weights (the
+  leanest JAX can be: no taps, no model code), paired A/B in one process, batch --batch_size."""
+  import re
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from ndjax import activations, api
+  model = api.load_model('vgg16', 'random', 0).module
+  flat = {jax.tree_util.keystr(p): v for p, v in
+          jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
+  convs = sorted({int(re.search(r'features_(\d+)', k).group(1)) for k in flat if 'features' in k})
+  params = [(flat[f"['features_{i}']['kernel'].value"], flat[f"['features_{i}']['bias'].value"])
+            for i in convs][:13]
+  pools_after = {1, 3, 6, 9}                 # VGG16: a 2x2 max pool closes blocks 1-4
+  mean = jnp.array([103.939, 116.779, 123.68], jnp.float32)
+
+  @jax.jit
+  def plain(params, x):
+    x = x.astype(jnp.float32)[..., ::-1] - mean
+    for i, (k, b) in enumerate(params):
+      x = jax.lax.conv_general_dilated(x, k, (1, 1), [(1, 1), (1, 1)],
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
+      x = jax.nn.relu(x)
+      if i in pools_after:
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+    return x
+
+  forward = activations.make_forward(model, ['conv5_3'])
+  images = np.random.default_rng(0).integers(0, 256, (args.batch_size, 224, 224, 3), np.uint8)
+  same = bool(np.array_equal(np.asarray(plain(params, images)),
+                             np.asarray(forward(images)['conv5_3'])))
+  times = {'ndjax': [], 'plain': []}
+  for _ in range(args.reps):
+    for name in ('ndjax', 'plain'):
+      t = time.perf_counter()
+      jax.block_until_ready(forward(images) if name == 'ndjax' else plain(params, images))
+      times[name].append(time.perf_counter() - t)
+  row = dict(batch_size=args.batch_size, reps=args.reps, bit_identical=same,
+             ndjax_s=times['ndjax'], plain_s=times['plain'],
+             ratio_median=float(np.median(np.array(times['ndjax']) / np.array(times['plain']))))
+  print(row, flush=True)
+  pathlib.Path(args.json).write_text(json.dumps(row, indent=1))
 
 
 def worker_parity(args) -> None:
@@ -685,6 +731,17 @@ def run_profile_layers(args, work: pathlib.Path, env: dict) -> None:
     write_report(args)
 
 
+def run_plain(args, work: pathlib.Path, env: dict) -> None:
+  key = 'forward_vs_plain_conv'
+  if args.skip_done and load(key):
+    return
+  result = measure([PYTHON, str(BENCH / 'run.py'), 'worker_plain', '--batch_size=8', '--reps=6',
+                    f'--json={work / (key + ".json")}'], key, env)
+  result['detail'] = json.loads((work / (key + '.json')).read_text())
+  save(key, result)
+  write_report(args)
+
+
 def run_thresholds(args, work: pathlib.Path, env: dict) -> None:
   key = 'threshold_selection_cost'
   if args.skip_done and load(key):
@@ -764,6 +821,7 @@ def main() -> None:
     parser.add_argument('--torch_mode', default='eager', choices=('eager', 'frozen'))
     parser.add_argument('--threshold_images', type=int, default=250)
     parser.add_argument('--old_at_4x', type=int, default=1)
+    parser.add_argument('--reps', type=int, default=6)
     args = parser.parse_args()
     args.rf = None
     if sub == 'worker_parity':      # rf geometry of the taps, from ndjax's model (no weights)
@@ -774,9 +832,9 @@ def main() -> None:
     return
 
   parser.add_argument('--only',
-                      default='main,scale,exact,cli,sweep,repeat,thresholds,best,profile_layers',
-                      help='comma list of: main, scale, exact, cli, sweep, repeat, thresholds, best, '
-                      'profile_layers')
+                      default='main,scale,exact,cli,sweep,repeat,thresholds,plain,best,profile_layers',
+                      help='comma list of: main, scale, exact, cli, sweep, repeat, thresholds, plain, '
+                      'best, profile_layers')
   parser.add_argument('--best_jax_batch', type=int, default=8)
   parser.add_argument('--best_jax_flags', default='',
                       help=f'XLA_FLAGS of the best round (the sweep also tries {YNN_FLAGS})')
@@ -825,6 +883,8 @@ def main() -> None:
     run_repeat(args, work, env)
   if 'thresholds' in only:
     run_thresholds(args, work, env)
+  if 'plain' in only:
+    run_plain(args, work, env)
   if 'best' in only:
     run_best(args, work, env)
   if 'profile_layers' in only:
