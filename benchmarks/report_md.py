@@ -447,6 +447,18 @@ def render(results: pathlib.Path) -> str:
   else:
     lines.append('(not measured yet)')
   lines += ['']
+  per_view = _load(results, 'count_pass_per_view')
+  lines += ['## The counting pass per view (VGG16 conv5_3)', '']
+  if per_view:
+    lines += ['| views | n | images | forward s (shared) | pass 2 s | of which upsample + count s | '
+              'pass 2 ms / image / view |', '|---|---|---|---|---|---|---|']
+    for r in per_view['detail']:
+      lines.append(f'| {r["case"]} | {r["views"]} | {r["images"]:,} | {_f(r["forward_s"], 1)} | '
+                   f'{_f(r["pass2_s"], 1)} | {_f(r["upsample_count_s"], 1)} | '
+                   f'{_f(r["pass2_ms_per_image_per_view"], 2)} |')
+  else:
+    lines.append('(not measured yet)')
+  lines += ['']
   lines += ['## Forward-pass settings (bare forward, first images of the main set)', '',
             *_sweep(results), '']
   analysis = results / 'analysis.md'

@@ -23,6 +23,7 @@ seconds, with its RSS sampled over time and the machine's load average recorded.
   exact    thresholds and counts of conv3_3 and conv4_3 at 1x against numpy and the PyTorch
            algorithm on ndjax's activations.
   plain    ndjax's VGG16 forward against a plain lax.conv stack of the same weights (A/B pairs).
+  views    the counting pass of conv5_3 read through 1 view, 5 taus, and 6 rotation bases.
   thresholds  exact thresholds of a conv3_3-shaped layer over whole passes of N and 4N images:
            the old per-batch top_k merge against the top-m set and the histogram selection.
   profile_layers  per-stage profile of conv3_3 and conv4_3 at the 4x scale.
@@ -396,6 +397,32 @@ def worker_plain(args) -> None:
   pathlib.Path(args.json).write_text(json.dumps(row, indent=1))
 
 
+def worker_views(args) -> None:
+  """The counting pass per view: VGG16 conv5_3 read through 1 view, 5 taus (one basis) and the
+  layer + 5 rotations (6 bases), each its own `dissect(profile=True)` over the same images. The
+  forward pass is shared by all views of a run; what grows with views is pass 2."""
+  from ndjax import api, views
+  from ndjax.data import broden
+  ds = broden.open_broden(args.dataset)
+  model = build_ndjax_vgg16()
+  cases = {'1 view': views.ViewSpec(),
+           '5 taus': views.ViewSpec(taus=(0.0025, 0.005, 0.01, 0.02, 0.04)),
+           'layer + 5 rotations': views.ViewSpec(rotation_seed=0, rotation_alphas=(0.0, 1.0),
+                                                 rotations=tuple((s, 1.0) for s in range(1, 5)))}
+  rows = []
+  for name, spec in cases.items():
+    out = api.dissect(model, ds, [args.layers], views=spec, batch_size=args.batch_size,
+                      cache_gb=args.cache_gb, progress=False, profile=True)
+    t = out.timings
+    n = len(out.results)
+    rows.append(dict(case=name, views=n, images=out.images_used, forward_s=t.get('forward'),
+                     pass2_s=t['count'], upsample_count_s=t.get('upsample_count'),
+                     label_sets_s=t.get('label_sets'), active_units_s=t.get('active_units'),
+                     pass2_ms_per_image_per_view=1000 * t['count'] / out.images_used / n))
+    print(rows[-1], flush=True)
+  pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
 def worker_parity(args) -> None:
   """The PyTorch algorithm on ndjax's saved activations vs ndjax's tally (exact), thresholds vs
   numpy.quantile over all values (exact), and the PyTorch run on its own activations (noise)."""
@@ -742,6 +769,18 @@ def run_plain(args, work: pathlib.Path, env: dict) -> None:
   write_report(args)
 
 
+def run_views(args, work: pathlib.Path, env: dict) -> None:
+  key = 'count_pass_per_view'
+  if args.skip_done and load(key):
+    return
+  result = measure([PYTHON, str(BENCH / 'run.py'), 'worker_views', f'--dataset={probe_set(args.scale_images)}',
+                    '--layers=conv5_3', f'--batch_size={args.batch_size}',
+                    f'--json={work / (key + ".json")}'], key, env)
+  result['detail'] = json.loads((work / (key + '.json')).read_text())
+  save(key, result)
+  write_report(args)
+
+
 def run_thresholds(args, work: pathlib.Path, env: dict) -> None:
   key = 'threshold_selection_cost'
   if args.skip_done and load(key):
@@ -832,9 +871,10 @@ def main() -> None:
     return
 
   parser.add_argument('--only',
-                      default='main,scale,exact,cli,sweep,repeat,thresholds,plain,best,profile_layers',
+                      default='main,scale,exact,cli,sweep,repeat,thresholds,plain,views,best,'
+                      'profile_layers',
                       help='comma list of: main, scale, exact, cli, sweep, repeat, thresholds, plain, '
-                      'best, profile_layers')
+                      'views, best, profile_layers')
   parser.add_argument('--best_jax_batch', type=int, default=8)
   parser.add_argument('--best_jax_flags', default='',
                       help=f'XLA_FLAGS of the best round (the sweep also tries {YNN_FLAGS})')
@@ -885,6 +925,8 @@ def main() -> None:
     run_thresholds(args, work, env)
   if 'plain' in only:
     run_plain(args, work, env)
+  if 'views' in only:
+    run_views(args, work, env)
   if 'best' in only:
     run_best(args, work, env)
   if 'profile_layers' in only:
