@@ -447,6 +447,23 @@ def render(results: pathlib.Path) -> str:
   else:
     lines.append('(not measured yet)')
   lines += ['']
+  mplan = _load(results, 'memory_plan_broden')
+  lines += ['## Every VGG16 conv layer over a Broden-sized probe set: the exact-threshold memory plan', '']
+  if mplan:
+    d = mplan['detail']
+    lines += [f'{d["images"]:,} images at 224 px, tau {d["tau"]}, cap {d["cap_gib"]:g} GiB '
+              f'(`DissectConfig.max_buffer_gb`). Top-m sets for all 13 layers would take '
+              f'{d["top_m_only_gib"]:.1f} GiB; the plan takes **{d["planned_gib"]:.1f} GiB**. '
+              'Arithmetic from the model\'s tap shapes and the pipeline\'s own `choose_selection`.',
+              '', '| layer | map | values per unit | m | top-m GiB | histogram GiB | plan | '
+              'activations GiB (cache: memory, disk or recompute) |', '|---|---|---|---|---|---|---|---|']
+    for r in d['rows']:
+      lines.append(f'| {r["layer"]} | {"×".join(map(str, r["shape"]))} | {r["values_per_unit"]:,} | '
+                   f'{r["m"]:,} | {r["top_m_gib"]:.2f} | {r["histogram_gib"]:.2f} | {r["selection"]} | '
+                   f'{r["activations_gib"]:.0f} |')
+  else:
+    lines.append('(not measured yet)')
+  lines += ['']
   per_view = _load(results, 'count_pass_per_view')
   lines += ['## The counting pass per view (VGG16 conv5_3)', '']
   if per_view:

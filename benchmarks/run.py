@@ -24,6 +24,7 @@ seconds, with its RSS sampled over time and the machine's load average recorded.
            algorithm on ndjax's activations.
   plain    ndjax's VGG16 forward against a plain lax.conv stack of the same weights (A/B pairs).
   views    the counting pass of conv5_3 read through 1 view, 5 taus, and 6 rotation bases.
+  memory_plan  the exact-threshold memory plan of all 13 VGG16 conv layers over 63,305 images.
   thresholds  exact thresholds of a conv3_3-shaped layer over whole passes of N and 4N images:
            the old per-batch top_k merge against the top-m set and the histogram selection.
   profile_layers  per-stage profile of conv3_3 and conv4_3 at the 4x scale.
@@ -423,6 +424,40 @@ def worker_views(args) -> None:
   pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
+def worker_memory_plan(args) -> None:
+  """The exact-threshold memory plan of every VGG16 conv layer over a Broden-sized probe set
+  (63,305 images at 224 px), from the model's real tap shapes and the pipeline's own
+  `choose_selection` (no forward pass): per layer the top-m set it would need, the histogram
+  alternative, and what the plan picks under the 8 GB cap; plus the activation volume the cache
+  policy weighs against memory and disk."""
+  from ndjax import activations, dissect, thresholds, views
+  from ndjax import models
+  model = models.build('vgg16')
+  layers = [f'conv{b}_{i}' for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)]
+  shapes = activations.tap_shapes(model, layers, (224, 224))
+  n_img = args.broden_images
+  units = {l: shapes[l][2] for l in layers}
+  max_n = {l: n_img * shapes[l][0] * shapes[l][1] for l in layers}
+  spec = views.ViewSpec(taus=(args.tau,))
+  vs = {l: views.build(spec, units[l]) for l in layers}
+  cfg = dissect.DissectConfig(layers=tuple(layers), tau=args.tau)
+  selection = dissect.choose_selection(tuple(layers), vs, units, max_n, cfg)
+  rows = []
+  for l in layers:
+    top = thresholds.StreamingThreshold.bytes_needed(units[l], max_n[l], (args.tau,)) / 2**30
+    hist = thresholds.HistogramThreshold.bytes_needed(units[l], max_n[l], (args.tau,)) / 2**30
+    rows.append(dict(layer=l, shape=list(shapes[l]), values_per_unit=max_n[l],
+                     m=thresholds.buffer_size(max_n[l], args.tau), top_m_gib=top,
+                     histogram_gib=hist, selection=selection[l],
+                     activations_gib=n_img * int(np.prod(shapes[l])) * 4 / 2**30))
+  plan = dict(images=n_img, tau=args.tau, cap_gib=cfg.max_buffer_gb, rows=rows,
+              top_m_only_gib=sum(r['top_m_gib'] for r in rows),
+              planned_gib=sum(r['top_m_gib'] if r['selection'] == 'top' else r['histogram_gib']
+                              for r in rows))
+  print(json.dumps(plan, indent=1), flush=True)
+  pathlib.Path(args.json).write_text(json.dumps(plan, indent=1))
+
+
 def worker_parity(args) -> None:
   """The PyTorch algorithm on ndjax's saved activations vs ndjax's tally (exact), thresholds vs
   numpy.quantile over all values (exact), and the PyTorch run on its own activations (noise)."""
@@ -781,6 +816,17 @@ def run_views(args, work: pathlib.Path, env: dict) -> None:
   write_report(args)
 
 
+def run_memory_plan(args, work: pathlib.Path, env: dict) -> None:
+  key = 'memory_plan_broden'
+  if args.skip_done and load(key):
+    return
+  result = measure([PYTHON, str(BENCH / 'run.py'), 'worker_memory_plan',
+                    f'--json={work / (key + ".json")}'], key, env)
+  result['detail'] = json.loads((work / (key + '.json')).read_text())
+  save(key, result)
+  write_report(args)
+
+
 def run_thresholds(args, work: pathlib.Path, env: dict) -> None:
   key = 'threshold_selection_cost'
   if args.skip_done and load(key):
@@ -861,6 +907,7 @@ def main() -> None:
     parser.add_argument('--threshold_images', type=int, default=250)
     parser.add_argument('--old_at_4x', type=int, default=1)
     parser.add_argument('--reps', type=int, default=6)
+    parser.add_argument('--broden_images', type=int, default=63305)
     args = parser.parse_args()
     args.rf = None
     if sub == 'worker_parity':      # rf geometry of the taps, from ndjax's model (no weights)
@@ -871,10 +918,10 @@ def main() -> None:
     return
 
   parser.add_argument('--only',
-                      default='main,scale,exact,cli,sweep,repeat,thresholds,plain,views,best,'
-                      'profile_layers',
+                      default='main,scale,exact,cli,sweep,repeat,thresholds,plain,views,'
+                      'memory_plan,best,profile_layers',
                       help='comma list of: main, scale, exact, cli, sweep, repeat, thresholds, plain, '
-                      'views, best, profile_layers')
+                      'views, memory_plan, best, profile_layers')
   parser.add_argument('--best_jax_batch', type=int, default=8)
   parser.add_argument('--best_jax_flags', default='',
                       help=f'XLA_FLAGS of the best round (the sweep also tries {YNN_FLAGS})')
@@ -927,6 +974,8 @@ def main() -> None:
     run_plain(args, work, env)
   if 'views' in only:
     run_views(args, work, env)
+  if 'memory_plan' in only:
+    run_memory_plan(args, work, env)
   if 'best' in only:
     run_best(args, work, env)
   if 'profile_layers' in only:
