@@ -93,6 +93,10 @@ def test_rotation_rows_equal_single_view_dissections(probe, model, tmp_path):
   # a rerun reuses the complete folders and rewrites the same numbers
   _, again, doc2 = run('rotation', *args)
   assert again == rows and doc2['computed'] == [] and len(doc2['reused']) == 1
+  first = json.loads((outdir / 'runs' / 'alexnet_random_s1' / 'conv5' / 'results.json').read_text())
+  took = sum(first['timings_s'].get(k, 0) for k in ('forward_and_threshold', 'count'))
+  assert doc2['reused_dissections_s'] == pytest.approx(took, abs=0.1) and took > 0
+  assert 'which took' in (outdir / 'README.md').read_text()
   # the linear probe: equivariant solvers agree on the rotated layer, targets are object labels
   probe_doc = net['linear_probe']
   assert probe_doc['ridge']['rotated'] == probe_doc['ridge']['unrotated']

@@ -133,6 +133,7 @@ class Experiment:
     self.probe_images: int | None = None     # for experiments that never open the probe set
     self.reused: list[str] = []
     self.computed: list[str] = []
+    self.reused_seconds = 0.0      # what the reused dissections took when they ran
 
   # --- inputs ------------------------------------------------------------------------------------
   @property
@@ -191,6 +192,10 @@ class Experiment:
 
     if all(complete(folder, view) for folder, view in wanted.values()):
       self.reused.append(f'{net.label}: {len(wanted)} folders')
+      # all folders of one run share one dissect call: its timings are in each of them
+      timings = results.load(run_dir / next(iter(wanted.values()))[0]).results.get('timings_s', {})
+      self.reused_seconds += sum(timings.get(k, 0.0) for k in ('forward_and_threshold',
+                                                               'threshold_refine', 'count'))
     else:
       out = api.dissect(model, self.ds, layers, views=spec, batch_size=FLAGS.batch_size,
                         cache_gb=FLAGS.cache_gb, progress=FLAGS.progress, **options)
@@ -221,7 +226,8 @@ class Experiment:
     fileio.atomic_write(self.outdir / 'results.csv', buf.getvalue().encode())
     doc = {'experiment': self.name, 'command': self.command,
            'flags': _flag_values(), 'probe_images': images, 'wall_time_s': round(wall, 1),
-           'reused': self.reused, 'computed': self.computed, 'machine': _machine(),
+           'reused': self.reused, 'computed': self.computed,
+           'reused_dissections_s': round(self.reused_seconds, 1), 'machine': _machine(),
            'versions': _versions(), **summary}
     fileio.atomic_write(self.outdir / 'results.json',
                         json.dumps(doc, indent=1, default=_jsonable).encode())
@@ -236,7 +242,9 @@ class Experiment:
     plt.close('all')
     text = (f'# {self.name}\n\nMade by\n\n```bash\n{self.command}\n```\n\n'
             f'Wall time {wall / 60:.1f} min on {_machine()} ({len(self.computed)} dissections run, '
-            f'{len(self.reused)} reused from {self.runs}/); probe set: {images} '
+            f'{len(self.reused)} reused from {self.runs}/'
+            + (f', which took {self.reused_seconds / 60:.1f} min when they ran'
+               if self.reused else '') + f'); probe set: {images} '
             f'images. Numbers: results.csv, results.json.\n\n{readme.strip()}\n\n'
             + '\n\n'.join(shown) + '\n')
     fileio.atomic_write(self.outdir / 'README.md', text.encode())
