@@ -376,6 +376,12 @@ def _sweep(results: pathlib.Path) -> list[str]:
   return rows if found else ['(not measured yet)']
 
 
+def _stamp(result: dict) -> str:
+  m = result.get('machine') or {}
+  return (f'Measured {m["date"][:16].replace("T", " ")} on {m["cpu"]}, {m["logical_cpus"]} logical '
+          f'CPUs, git {m["git_head"]}.' if m else '')
+
+
 def render(results: pathlib.Path) -> str:
   machine = _load(results, 'machine')
   lines = ['# ndjax vs PyTorch: benchmark results', '',
@@ -418,6 +424,7 @@ def render(results: pathlib.Path) -> str:
   lines += ['## Exact thresholds over a whole pass, 1x and 4x images (conv3_3 shapes: 256 units, '
             '56 × 56, ReLU values, batches of 16)', '']
   if sel:
+    lines += [_stamp(sel), '']
     d = sel['detail']
     names = (('topk_merge', 'per-batch `lax.top_k` merge (before)'),
              ('top_m_set', 'top-m set: floor cut + `np.partition` (now, one pass)'),
@@ -439,6 +446,7 @@ def render(results: pathlib.Path) -> str:
   plain = _load(results, 'forward_vs_plain_conv')
   lines += ['## ndjax\'s model code against a plain `lax.conv` stack (VGG16 to conv5_3, same weights)', '']
   if plain:
+    lines += [_stamp(plain), '']
     d = plain['detail']
     lines += [f'Batch {d["batch_size"]}, {d["reps"]} A/B pairs in one process: median ndjax / plain = '
               f'**{d["ratio_median"]:.3f}**; outputs bit-identical: {"yes" if d["bit_identical"] else "NO"}. '
@@ -450,6 +458,7 @@ def render(results: pathlib.Path) -> str:
   mplan = _load(results, 'memory_plan_broden')
   lines += ['## Every VGG16 conv layer over a Broden-sized probe set: the exact-threshold memory plan', '']
   if mplan:
+    lines += [_stamp(mplan), '']
     d = mplan['detail']
     lines += [f'{d["images"]:,} images at 224 px, tau {d["tau"]}, cap {d["cap_gib"]:g} GiB '
               f'(`DissectConfig.max_buffer_gb`). Top-m sets for all 13 layers would take '
@@ -467,6 +476,7 @@ def render(results: pathlib.Path) -> str:
   per_view = _load(results, 'count_pass_per_view')
   lines += ['## The counting pass per view (VGG16 conv5_3)', '']
   if per_view:
+    lines += [_stamp(per_view), '']
     lines += ['| views | n | images | forward s (shared) | pass 2 s | of which upsample + count s | '
               'pass 2 ms / image / view |', '|---|---|---|---|---|---|---|']
     for r in per_view['detail']:

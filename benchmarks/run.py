@@ -54,6 +54,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCH = ROOT / 'benchmarks'
 RESULTS = BENCH / 'results'
 PYTHON = sys.executable
+MACHINE: dict = {}          # this invocation's machine facts, stamped on every measurement
 sys.path.insert(0, str(ROOT))
 
 
@@ -101,7 +102,7 @@ def measure(cmd: list[str], name: str, env: dict | None = None, rss_log: pathlib
               sampled_peak_rss_mb=max((r for _, r, _ in samples), default=None),
               load_before=load_before, load_after=_loadavg(),
               load_mean=float(np.mean([l for *_, l in samples])) if samples else None,
-              output_tail=output[-1500:])
+              output_tail=output[-1500:], machine=dict(MACHINE))
 
 
 def save(key: str, value: dict) -> None:
@@ -951,7 +952,11 @@ def main() -> None:
   # the same thread count on both sides: torch gets --threads (set_num_threads); XLA:CPU sizes its
   # pool to the machine's cores and has no flag for it, so --threads defaults to the core count
   env = {'OMP_NUM_THREADS': str(args.threads)}
-  save('machine', machine_facts(args.threads))
+  facts = machine_facts(args.threads)
+  # machine.json describes the main ratios' machine; every other part records its own facts
+  if 'main' in args.only.split(','):
+    save('machine', facts)
+  MACHINE.update({k: facts[k] for k in ('date', 'cpu', 'logical_cpus', 'git_head')})
   if not (work / 'vgg16_features.pt').is_file():
     measure([PYTHON, str(BENCH / 'run.py'), 'worker_export', f'--out={work / "vgg16_features.pt"}'],
             'export', env)
