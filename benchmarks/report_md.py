@@ -382,6 +382,61 @@ def _stamp(result: dict) -> str:
           f'CPUs, git {m["git_head"]}.' if m else '')
 
 
+def _section(title: str, result: dict | None, body) -> list[str]:
+  """A report section: heading, when and where it was measured, `body(detail)` lines."""
+  if not result:
+    return [f'## {title}', '', '(not measured yet)', '']
+  return [f'## {title}', '', _stamp(result), '', *body(result['detail']), '']
+
+
+def _selection_body(d: list[dict]) -> list[str]:
+  names = (('topk_merge', 'per-batch `lax.top_k` merge (before)'),
+           ('top_m_set', 'top-m set: floor cut + `np.partition` (now, one pass)'),
+           ('histogram', 'histogram selection (now, two passes, fixed memory)'))
+  lines = ['Selection calls only (the values are generated outside the clock); wall and '
+           'process CPU seconds; 4x/1x is the CPU-second ratio (linear = 4.0).', '',
+           '| selection | ' + ' | '.join(f'{r["images"]:,} images: wall s / CPU s' for r in d) +
+           ' | 4x / 1x CPU |', '|---|' + '---|' * (len(d) + 1)]
+  for key, label in names:
+    cells = [f'{_f(r.get(key + "_wall_s"), 2)} / {_f(r.get(key + "_cpu_s"), 2)}' for r in d]
+    ratio = (d[-1][key + '_cpu_s'] / d[0][key + '_cpu_s']
+             if key + '_cpu_s' in d[-1] and key + '_cpu_s' in d[0] else None)
+    lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {_f(ratio, 2)} |')
+  return lines + ['', 'Same thresholds from all three: ' + ', '.join(
+      f'{r["images"]:,} images {"yes" if r["all_equal"] else "NO"}' for r in d)]
+
+
+def _plain_body(d: dict) -> list[str]:
+  return [f'Batch {d["batch_size"]}, {d["reps"]} A/B pairs in one process: median ndjax / plain = '
+          f'**{d["ratio_median"]:.3f}**; outputs bit-identical: {"yes" if d["bit_identical"] else "NO"}. '
+          f'Seconds per batch, ndjax: {", ".join(f"{t:.2f}" for t in d["ndjax_s"])}; plain: '
+          f'{", ".join(f"{t:.2f}" for t in d["plain_s"])}.']
+
+
+def _memory_plan_body(d: dict) -> list[str]:
+  lines = [f'{d["images"]:,} images at 224 px, tau {d["tau"]}, cap {d["cap_gib"]:g} GiB '
+           f'(`DissectConfig.max_buffer_gb`). Top-m sets for all 13 layers would take '
+           f'{d["top_m_only_gib"]:.1f} GiB; the plan takes **{d["planned_gib"]:.1f} GiB**. '
+           'Arithmetic from the model\'s tap shapes and the pipeline\'s own `choose_selection`.',
+           '', '| layer | map | values per unit | m | top-m GiB | histogram GiB | plan | '
+           'activations GiB (cache: memory, disk or recompute) |', '|---|---|---|---|---|---|---|---|']
+  for r in d['rows']:
+    lines.append(f'| {r["layer"]} | {"×".join(map(str, r["shape"]))} | {r["values_per_unit"]:,} | '
+                 f'{r["m"]:,} | {r["top_m_gib"]:.2f} | {r["histogram_gib"]:.2f} | {r["selection"]} | '
+                 f'{r["activations_gib"]:.0f} |')
+  return lines
+
+
+def _views_body(d: list[dict]) -> list[str]:
+  lines = ['| views | n | images | forward s (shared) | pass 2 s | of which upsample + count s | '
+           'pass 2 ms / image / view |', '|---|---|---|---|---|---|---|']
+  for r in d:
+    lines.append(f'| {r["case"]} | {r["views"]} | {r["images"]:,} | {_f(r["forward_s"], 1)} | '
+                 f'{_f(r["pass2_s"], 1)} | {_f(r["upsample_count_s"], 1)} | '
+                 f'{_f(r["pass2_ms_per_image_per_view"], 2)} |')
+  return lines
+
+
 def render(results: pathlib.Path) -> str:
   machine = _load(results, 'machine')
   lines = ['# ndjax vs PyTorch: benchmark results', '',
@@ -420,72 +475,15 @@ def render(results: pathlib.Path) -> str:
                    ' | '.join(_f(t.get(s_), 1) for s_ in stages) +
                    f' | {_f(ratio, 2)} | {_f(p.get("load_mean"))} |')
     lines += ['']
-  sel = _load(results, 'threshold_selection_cost')
-  lines += ['## Exact thresholds over a whole pass, 1x and 4x images (conv3_3 shapes: 256 units, '
-            '56 × 56, ReLU values, batches of 16)', '']
-  if sel:
-    lines += [_stamp(sel), '']
-    d = sel['detail']
-    names = (('topk_merge', 'per-batch `lax.top_k` merge (before)'),
-             ('top_m_set', 'top-m set: floor cut + `np.partition` (now, one pass)'),
-             ('histogram', 'histogram selection (now, two passes, fixed memory)'))
-    lines += ['Selection calls only (the values are generated outside the clock); wall and '
-              'process CPU seconds; 4x/1x is the CPU-second ratio (linear = 4.0).', '',
-              '| selection | ' + ' | '.join(f'{r["images"]:,} images: wall s / CPU s' for r in d) +
-              ' | 4x / 1x CPU |', '|---|' + '---|' * (len(d) + 1)]
-    for key, label in names:
-      cells = [f'{_f(r.get(key + "_wall_s"), 2)} / {_f(r.get(key + "_cpu_s"), 2)}' for r in d]
-      ratio = (d[-1][key + '_cpu_s'] / d[0][key + '_cpu_s']
-               if key + '_cpu_s' in d[-1] and key + '_cpu_s' in d[0] else None)
-      lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {_f(ratio, 2)} |')
-    lines += ['', 'Same thresholds from all three: ' +
-              ', '.join(f'{r["images"]:,} images {"yes" if r["all_equal"] else "NO"}' for r in d)]
-  else:
-    lines.append('(not measured yet)')
-  lines += ['']
-  plain = _load(results, 'forward_vs_plain_conv')
-  lines += ['## ndjax\'s model code against a plain `lax.conv` stack (VGG16 to conv5_3, same weights)', '']
-  if plain:
-    lines += [_stamp(plain), '']
-    d = plain['detail']
-    lines += [f'Batch {d["batch_size"]}, {d["reps"]} A/B pairs in one process: median ndjax / plain = '
-              f'**{d["ratio_median"]:.3f}**; outputs bit-identical: {"yes" if d["bit_identical"] else "NO"}. '
-              f'Seconds per batch, ndjax: {", ".join(f"{t:.2f}" for t in d["ndjax_s"])}; plain: '
-              f'{", ".join(f"{t:.2f}" for t in d["plain_s"])}.']
-  else:
-    lines.append('(not measured yet)')
-  lines += ['']
-  mplan = _load(results, 'memory_plan_broden')
-  lines += ['## Every VGG16 conv layer over a Broden-sized probe set: the exact-threshold memory plan', '']
-  if mplan:
-    lines += [_stamp(mplan), '']
-    d = mplan['detail']
-    lines += [f'{d["images"]:,} images at 224 px, tau {d["tau"]}, cap {d["cap_gib"]:g} GiB '
-              f'(`DissectConfig.max_buffer_gb`). Top-m sets for all 13 layers would take '
-              f'{d["top_m_only_gib"]:.1f} GiB; the plan takes **{d["planned_gib"]:.1f} GiB**. '
-              'Arithmetic from the model\'s tap shapes and the pipeline\'s own `choose_selection`.',
-              '', '| layer | map | values per unit | m | top-m GiB | histogram GiB | plan | '
-              'activations GiB (cache: memory, disk or recompute) |', '|---|---|---|---|---|---|---|---|']
-    for r in d['rows']:
-      lines.append(f'| {r["layer"]} | {"×".join(map(str, r["shape"]))} | {r["values_per_unit"]:,} | '
-                   f'{r["m"]:,} | {r["top_m_gib"]:.2f} | {r["histogram_gib"]:.2f} | {r["selection"]} | '
-                   f'{r["activations_gib"]:.0f} |')
-  else:
-    lines.append('(not measured yet)')
-  lines += ['']
-  per_view = _load(results, 'count_pass_per_view')
-  lines += ['## The counting pass per view (VGG16 conv5_3)', '']
-  if per_view:
-    lines += [_stamp(per_view), '']
-    lines += ['| views | n | images | forward s (shared) | pass 2 s | of which upsample + count s | '
-              'pass 2 ms / image / view |', '|---|---|---|---|---|---|---|']
-    for r in per_view['detail']:
-      lines.append(f'| {r["case"]} | {r["views"]} | {r["images"]:,} | {_f(r["forward_s"], 1)} | '
-                   f'{_f(r["pass2_s"], 1)} | {_f(r["upsample_count_s"], 1)} | '
-                   f'{_f(r["pass2_ms_per_image_per_view"], 2)} |')
-  else:
-    lines.append('(not measured yet)')
-  lines += ['']
+  lines += _section('Exact thresholds over a whole pass, 1x and 4x images (conv3_3 shapes: 256 '
+                    'units, 56 × 56, ReLU values, batches of 16)',
+                    _load(results, 'threshold_selection_cost'), _selection_body)
+  lines += _section('ndjax\'s model code against a plain `lax.conv` stack (VGG16 to conv5_3, same '
+                    'weights)', _load(results, 'forward_vs_plain_conv'), _plain_body)
+  lines += _section('Every VGG16 conv layer over a Broden-sized probe set: the exact-threshold '
+                    'memory plan', _load(results, 'memory_plan_broden'), _memory_plan_body)
+  lines += _section('The counting pass per view (VGG16 conv5_3)',
+                    _load(results, 'count_pass_per_view'), _views_body)
   lines += ['## Forward-pass settings (bare forward, first images of the main set)', '',
             *_sweep(results), '']
   analysis = results / 'analysis.md'

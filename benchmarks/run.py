@@ -794,50 +794,35 @@ def run_profile_layers(args, work: pathlib.Path, env: dict) -> None:
     write_report(args)
 
 
-def run_plain(args, work: pathlib.Path, env: dict) -> None:
-  key = 'forward_vs_plain_conv'
+def run_worker(args, work: pathlib.Path, env: dict, key: str, worker: str, *flags: str) -> None:
+  """One child-process measurement whose worker writes its JSON detail: measure, save, report."""
   if args.skip_done and load(key):
     return
-  result = measure([PYTHON, str(BENCH / 'run.py'), 'worker_plain', '--batch_size=8', '--reps=6',
+  result = measure([PYTHON, str(BENCH / 'run.py'), worker, *flags,
                     f'--json={work / (key + ".json")}'], key, env)
   result['detail'] = json.loads((work / (key + '.json')).read_text())
   save(key, result)
   write_report(args)
+
+
+def run_plain(args, work: pathlib.Path, env: dict) -> None:
+  run_worker(args, work, env, 'forward_vs_plain_conv', 'worker_plain', '--batch_size=8', '--reps=6')
 
 
 def run_views(args, work: pathlib.Path, env: dict) -> None:
-  key = 'count_pass_per_view'
-  if args.skip_done and load(key):
-    return
-  result = measure([PYTHON, str(BENCH / 'run.py'), 'worker_views', f'--dataset={probe_set(args.scale_images)}',
-                    '--layers=conv5_3', f'--batch_size={args.batch_size}',
-                    f'--json={work / (key + ".json")}'], key, env)
-  result['detail'] = json.loads((work / (key + '.json')).read_text())
-  save(key, result)
-  write_report(args)
+  run_worker(args, work, env, 'count_pass_per_view', 'worker_views',
+             f'--dataset={probe_set(args.scale_images)}', '--layers=conv5_3',
+             f'--batch_size={args.batch_size}')
 
 
 def run_memory_plan(args, work: pathlib.Path, env: dict) -> None:
-  key = 'memory_plan_broden'
-  if args.skip_done and load(key):
-    return
-  result = measure([PYTHON, str(BENCH / 'run.py'), 'worker_memory_plan',
-                    f'--json={work / (key + ".json")}'], key, env)
-  result['detail'] = json.loads((work / (key + '.json')).read_text())
-  save(key, result)
-  write_report(args)
+  run_worker(args, work, env, 'memory_plan_broden', 'worker_memory_plan')
 
 
 def run_thresholds(args, work: pathlib.Path, env: dict) -> None:
-  key = 'threshold_selection_cost'
-  if args.skip_done and load(key):
-    return
-  result = measure([PYTHON, str(BENCH / 'run.py'), 'worker_thresholds', f'--threads={args.threads}',
-                    f'--batch_size={args.batch_size}', f'--threshold_images={args.scale_images}',
-                    f'--json={work / (key + ".json")}'], key, env)
-  result['detail'] = json.loads((work / (key + '.json')).read_text())
-  save(key, result)
-  write_report(args)
+  run_worker(args, work, env, 'threshold_selection_cost', 'worker_thresholds',
+             f'--threads={args.threads}', f'--batch_size={args.batch_size}',
+             f'--threshold_images={args.scale_images}')
 
 
 def run_cli(args, work: pathlib.Path, env: dict) -> None:
