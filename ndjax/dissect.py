@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ndjax import activations, distributed, iou, loader, thresholds, upsample
+from ndjax import labels as labels_lib
 from ndjax import resume as resume_lib
 from ndjax import topk as topk_lib
 from ndjax import views as views_lib
@@ -177,14 +178,14 @@ class Basis:
     if self.counts is None:
       self.counts = [iou.Counts.zeros(self.stream.units, num_labels, num_cats) for _ in self.views]
 
-  def pass2(self, acts, wy, wx, labels: loader.LabelBatch, sets: dict, ids, valid, *, chunk: int,
+  def pass2(self, acts, wy, wx, side: labels_lib.LabelSide, ids, valid, *, chunk: int,
             mesh, clock: StageTimer) -> None:
     v = clock.stage('view', views_lib.transform, acts, self.matrix)
     for thr, t_host, counts in zip(self._thr_dev, self.thresholds, self.counts):
       units = clock.stage('active_units', iou.active_units, v, t_host)
-      out = clock.stage('upsample_count', iou.count_batch, v, thr, wy, wx, sets, valid,
+      out = clock.stage('upsample_count', iou.count_batch, v, thr, wy, wx, side, valid,
                         chunk=chunk, mesh=mesh, units=units)
-      clock.stage('accumulate', counts.add, out, labels.global_ids)
+      clock.stage('accumulate', counts.add, out, side)
     if self.top is not None:
       clock.stage('topk_maps', self.top.gather, np.asarray(v), ids)
 
@@ -496,19 +497,18 @@ class _Run:
   def pass2(self) -> None:
     t0 = time.perf_counter()
     start = self.done if self.phase == 2 else 0
-    max_layers, max_image = self.ds.max_layers(), self.ds.max_image_labels()
-    for pos, batch in self.batches(self.plan.batches[start:], self.ds.load_labels, 'decode_labels',
+    primary, cats = self.ds.primary, self.num_cats
+    decode = lambda i: labels_lib.image_labels(*self.ds.load_labels(i), primary, cats)
+    for pos, batch in self.batches(self.plan.batches[start:], decode, 'decode_labels',
                                    'pass 2/2 upsample + count', start):
       valid = _valid_mask(batch, self.bad)
-      labels = self.clock.stage('stack_labels', loader.stack_labels, batch, self.ds, max_layers,
-                                max_image)
+      sh, sw = batch.size_key[2:]
+      side = self.clock.stage('stack_labels', labels_lib.stack,
+                              [d if ok else None for d, ok in zip(batch.data, valid)], sh * sw, cats)
       acts = self.activations(batch, keep=False)
-      sets = self.clock.stage('label_sets', iou.label_sets_jit, labels.layers, labels.image_labels,
-                              labels.label_cat, valid, num_local=len(labels.label_cat),
-                              num_cats=self.num_cats)
       for b in self.bases:
         wy, wx = self.plan.mats[batch.size_key, b.layer]
-        b.pass2(acts[b.layer], wy, wx, labels, sets, batch.ids, valid, chunk=self.cfg.chunk,
+        b.pass2(acts[b.layer], wy, wx, side, batch.ids, valid, chunk=self.cfg.chunk,
                 mesh=self.mesh, clock=self.clock)
       if self.ckpt.due(pos, len(self.plan.batches)):
         self.ckpt.save(self.state(2, pos))

@@ -2,17 +2,17 @@
 
 Per batch, on the device: upsample each unit's map to mask resolution and threshold it with a
 strict `>` T_k (`upsample.threshold_masks`: a plateau equal to T_k stays off), and count, for the
-labels PRESENT in the batch (renumbered 0..Cp-1 by the caller),
+labels PRESENT in the batch (numbered 0..n-1 by `labels.stack`),
   inter[k, c]      = sum_x |M_k(x) & L_c(x)|       (L_c(x): the SET of pixels carrying c in any
                                                    mask layer; image-level = all pixels)
-  label_pixels[c]  = sum_x |L_c(x)|
+  label_pixels[c]  = sum_x |L_c(x)|                 (on the host: it needs no mask)
   act_paper[k, C]  = sum_{x relevant to C} |M_k(x)|  (x carries a label of primary category C)
   act_lite[k, C]   = sum_{x: M_k(x) touches C, or x has an image-level label of C} |M_k(x)|
-The intersection is a matmul of 0/1 masks against 0/1 label sets: bf16 inputs with f32
-accumulation are exact (integers below 2^24 per image; deliberately not Precision.HIGHEST, see
-`_exact_01_matmul`), and the device does the work the reference implementations did in per-image
-Python loops. Images are processed in chunks inside the jit to bound the size of the (chunk,
-pixels, units) mask.
+All of it is one matmul per image of the 0/1 masks of its active units (`active_units`) against
+the image's 0/1 label matrix (`labels.ImageLabels`): bf16 inputs with f32 accumulation are exact
+(integers below 2^24 per image; deliberately not Precision.HIGHEST, see `_exact_01_matmul`), and
+the device does the work the reference implementations did in per-image Python loops. Images
+are processed in chunks inside the jit to bound the size of the (chunk, units, pixels) mask.
 """
 from __future__ import annotations
 
@@ -23,38 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ndjax import labels as labels_lib
 from ndjax import upsample as upsample_lib
-
-
-def label_sets(layers, image_labels, label_cat, valid, *, num_local: int, num_cats: int) -> dict:
-  """The label side of one batch, computed once and shared by every layer and view (jit-able).
-
-  layers: (B, L, sh, sw) int32 local label ids, -1 = none; image_labels: (B, I) int32 local, -1;
-  label_cat: (num_local,) int32 primary-category index of each local label (-1 for padding);
-  valid: (B,) bool. Returns
-    labelled (B, X, Cp) bool: L_c(x) as a SET (a pixel carrying c in several part layers, or c
-      also as an image-level label, or an image-level label listed twice, counts once: IoU <= 1);
-      image-level labels cover every pixel;
-    pix_cat (B, X, C) bool: primary categories of the pixel-level labels at each pixel;
-    img_cat (B, C) bool: ... of the image-level labels; relevant (B, C): either, anywhere;
-    label_pixels (Cp,) int32: |L_c| summed over the batch.
-  """
-  b = layers.shape[0]
-  x_pixels = layers.shape[2] * layers.shape[3]
-  cat_onehot = jax.nn.one_hot(label_cat, num_cats, dtype=jnp.bool_)             # (Cp, C)
-  pix_sets = jax.nn.one_hot(layers.reshape(b, -1, x_pixels), num_local,
-                            dtype=jnp.bool_).any(axis=1) & valid[:, None, None]  # (B, X, Cp)
-  img_sets = jax.nn.one_hot(image_labels, num_local, dtype=jnp.bool_).any(axis=1)
-  img_sets = img_sets & valid[:, None]                                           # (B, Cp)
-  labelled = pix_sets | img_sets[:, None, :]
-  pix_cat = _exact_01_matmul('bxl,lC->bxC', pix_sets, cat_onehot) > 0
-  img_cat = _exact_01_matmul('bl,lC->bC', img_sets, cat_onehot) > 0
-  return dict(labelled=labelled, pix_cat=pix_cat, img_cat=img_cat,
-              relevant=pix_cat.any(axis=1) | img_cat,
-              label_pixels=labelled.sum(axis=(0, 1), dtype=jnp.int32))
-
-
-label_sets_jit = jax.jit(label_sets, static_argnames=('num_local', 'num_cats'))
 
 
 def active_units(acts, thresholds, *, min_width: int = 8) -> np.ndarray:
@@ -77,78 +47,92 @@ def active_units(acts, thresholds, *, min_width: int = 8) -> np.ndarray:
   return np.sort(order, axis=1).astype(np.int32)
 
 
-def count_batch(acts, thresholds, wy, wx, sets: dict, valid, *, chunk: int = 4, mesh=None,
-                units=None):
+def count_batch(acts, thresholds, wy, wx, side: labels_lib.LabelSide, valid, *, chunk: int = 4,
+                mesh=None, units=None):
   """Counts for one batch (see `_count`); with a mesh, data-parallel over its 'batch' axis.
 
-  `sets`: the batch's `label_sets`; `units` (B, Kc): the units to count per image
+  `side`: the batch's `labels.LabelSide`; `units` (B, Kc): the units to count per image
   (`active_units`); default all. Each device counts its slice of the batch and the integer
   counts are summed across devices with a psum, on the devices (exact: integer sums).
+  Returns device arrays inter (K, num_local), act_paper, act_lite (K, C), act_pixels (K,).
   """
   if units is None:
     units = np.broadcast_to(np.arange(acts.shape[-1], dtype=np.int32), (acts.shape[0], acts.shape[-1]))
   units = jnp.asarray(units, jnp.int32)
-  per_image = {k: v for k, v in sets.items() if k != 'label_pixels'}
+  per_image = side.device()
   if mesh is None:
-    out = _count_jit(acts, thresholds, wy, wx, per_image, valid, units, chunk=chunk)
-  else:
-    out = _sharded_count(mesh, chunk)(acts, thresholds, wy, wx, per_image, valid, units)
-  return dict(out, label_pixels=sets['label_pixels'])
+    return _count_jit(acts, thresholds, wy, wx, per_image, valid, units, chunk=chunk,
+                      num_local=side.num_local)
+  return _sharded_count(mesh, chunk, side.num_local)(acts, thresholds, wy, wx, per_image, valid,
+                                                     units)
 
 
-def count_labels(acts, thresholds, wy, wx, layers, image_labels, label_cat, valid, *,
-                 num_local: int, num_cats: int, chunk: int = 4, mesh=None, units=None):
-  """`label_sets` + `count_batch` in one call (for callers that count one layer once)."""
-  sets = label_sets_jit(jnp.asarray(layers), jnp.asarray(image_labels), jnp.asarray(label_cat),
-                        jnp.asarray(valid), num_local=num_local, num_cats=num_cats)
-  return count_batch(acts, thresholds, wy, wx, sets, valid, chunk=chunk, mesh=mesh, units=units)
+def count_labels(acts, thresholds, wy, wx, layers, image_level, primary, valid, *, chunk: int = 4,
+                 mesh=None, units=None) -> dict:
+  """Counts of one batch from its label numbers (for callers that count one layer once).
+
+  layers: (B, L, sh, sw) label numbers (0 = none); image_level: (B, I); primary: (N,) category
+  of each number (-1 = none); valid: (B,) bool. Returns host int64 arrays indexed by label
+  number: inter (K, N), label_pixels (N,), act_paper, act_lite (K, C), act_pixels (K,).
+  """
+  layers, image_level, primary = np.asarray(layers), np.asarray(image_level), np.asarray(primary)
+  num_cats = int(primary.max(initial=-1)) + 1
+  valid = np.asarray(valid, bool)
+  side = labels_lib.stack([labels_lib.image_labels(layers[i], image_level[i], primary, num_cats)
+                           if valid[i] else None for i in range(len(layers))],
+                          layers.shape[2] * layers.shape[3], num_cats)
+  out = count_batch(acts, thresholds, wy, wx, side, jnp.asarray(valid), chunk=chunk, mesh=mesh,
+                    units=units)
+  counts = Counts.zeros(acts.shape[-1], len(primary), num_cats)
+  counts.add(out, side)
+  return counts.as_dict()
 
 
 @functools.lru_cache(maxsize=None)
-def _sharded_count(mesh, chunk):
+def _sharded_count(mesh, chunk, num_local):
   from jax.sharding import PartitionSpec as P
   batch, rep = P('batch'), P()
 
   def local(*args):
-    counts = _count(*args, chunk=chunk)
+    counts = _count(*args, chunk=chunk, num_local=num_local)
     return jax.tree.map(lambda x: jax.lax.psum(x, 'batch'), counts)
 
   return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(batch, rep, rep, rep, batch, batch, batch),
                                out_specs=rep, check_vma=False))
 
 
-def _count(acts, thresholds, wy, wx, sets, valid, units, *, chunk: int = 4):
+def _count(acts, thresholds, wy, wx, side, valid, units, *, chunk: int = 4, num_local: int):
   """Unit-side counts for one batch.
 
   acts: (B, h, w, K) f32; thresholds: (K,); wy, wx: (sh, h), (sw, w) bilinear matrices or their
-  `upsample.two_taps`; sets: `label_sets` of the
-  batch without label_pixels; valid: (B,) bool, False for batch padding; units: (B, Kc) int32
-  distinct units per image to count (the others must have empty masks there). B must be a
-  multiple of `chunk`. Returns dict of int32 arrays: inter (K, Cp), act_paper (K, C),
-  act_lite (K, C), act_pixels (K,).
+  `upsample.two_taps`; side: `labels.LabelSide.device()`; valid: (B,) bool, False for batch
+  padding; units: (B, Kc) int32 distinct units per image to count (the others must have empty
+  masks there). B must be a multiple of `chunk`. Returns dict of int32 arrays:
+  inter (K, num_local), act_paper (K, C), act_lite (K, C), act_pixels (K,).
   """
   b, _, _, k = acts.shape
   kc = units.shape[1]
-  num_local, num_cats = sets['labelled'].shape[2], sets['img_cat'].shape[1]
-  x_pixels = sets['labelled'].shape[1]
+  ci, num_cats = side['ids'].shape[1], side['img_cat'].shape[1]
+  x_pixels = side['side'].shape[1]
 
   def per_chunk(carry, xs):
-    acts_c, sets_c, valid_c, units_c = xs
+    acts_c, side_c, valid_c, units_c = xs
     # only the units that can light up on each image: (c, h, w, Kc), their own T_k
     acts_c = jnp.take_along_axis(acts_c, units_c[:, None, None, :], axis=3)
-    # unit-major masks (c, Kc, X): every product below is a plain or batched matmul
     mask = upsample_lib.threshold_masks(acts_c, thresholds[units_c], wy, wx)     # (c, Kc, sh, sw)
-    mask = mask & valid_c[:, None, None, None]
-    mask = mask.reshape(chunk, kc, x_pixels)
-    mask_bf = mask.astype(jnp.bfloat16)
-    act = mask.sum(axis=2, dtype=jnp.int32)                                      # (c, Kc)
-    inter = _exact_01_matmul('ckx,cxl->ckl', mask_bf, sets_c['labelled'])       # (c, Kc, Cp)
-    touches = _exact_01_matmul('ckx,cxC->ckC', mask_bf, sets_c['pix_cat']) > 0  # (c, Kc, C)
-    touches = touches | sets_c['img_cat'][:, None, :]
-    # back from each image's Kc units to all K (integer adds; distinct units per image)
-    scatter = lambda shape, v: jnp.zeros(shape, jnp.int32).at[units_c].add(v.astype(jnp.int32))
-    out = dict(inter=scatter((k, num_local), inter),
-               act_paper=scatter((k, num_cats), act[:, :, None] * sets_c['relevant'][:, None, :]),
+    mask = (mask & valid_c[:, None, None, None]).reshape(chunk, kc, x_pixels)
+    # one product gives everything (`labels` module docstring). The mask's area comes out of it
+    # too: a separate bool reduction over the mask ran ~10x slower inside this loop on XLA:CPU.
+    prod = _exact_01_matmul('ckx,cxn->ckn', mask, side_c['side']).astype(jnp.int32)
+    inter, cats, act = prod[..., :ci], prod[..., ci:ci + num_cats], prod[..., -1]
+    touches = (cats > 0) | side_c['img_cat'][:, None, :]                          # (c, Kc, C)
+    # back from each image's Kc units and Ci labels to all K units and the batch's labels
+    # (integer adds; distinct units and labels per image; padding columns fall off the end)
+    inter = jnp.zeros((k, num_local), jnp.int32).at[
+        units_c[:, :, None], side_c['ids'][:, None, :]].add(inter, mode='drop')
+    scatter = lambda shape, v: jnp.zeros(shape, jnp.int32).at[units_c].add(v)
+    out = dict(inter=inter,
+               act_paper=scatter((k, num_cats), act[:, :, None] * side_c['relevant'][:, None, :]),
                act_lite=scatter((k, num_cats), act[:, :, None] * touches),
                act_pixels=scatter((k,), act))
     return jax.tree.map(jnp.add, carry, out), None
@@ -158,7 +142,7 @@ def _count(acts, thresholds, wy, wx, sets, valid, units, *, chunk: int = 4):
                act_lite=jnp.zeros((k, num_cats), jnp.int32),
                act_pixels=jnp.zeros((k,), jnp.int32))
   split = lambda a: a.reshape(b // chunk, chunk, *a.shape[1:])
-  totals, _ = jax.lax.scan(per_chunk, zeros, (split(acts), jax.tree.map(split, sets),
+  totals, _ = jax.lax.scan(per_chunk, zeros, (split(acts), jax.tree.map(split, side),
                                               split(valid), split(units)))
   return totals
 
@@ -175,7 +159,7 @@ def _exact_01_matmul(spec: str, a, b):
                     preferred_element_type=jnp.float32)
 
 
-_count_jit = jax.jit(_count, static_argnames=('chunk',))
+_count_jit = jax.jit(_count, static_argnames=('chunk', 'num_local'))
 
 
 @dataclasses.dataclass
@@ -193,11 +177,11 @@ class Counts:
                np.zeros((units, num_cats), np.int64), np.zeros((units, num_cats), np.int64),
                np.zeros(units, np.int64))
 
-  def add(self, batch: dict, global_ids: np.ndarray) -> None:
-    """Scatter a batch's local-label counts into the global arrays."""
-    n = len(global_ids)
-    self.inter[:, global_ids] += np.asarray(batch['inter'])[:, :n]
-    self.label_pixels[global_ids] += np.asarray(batch['label_pixels'])[:n]
+  def add(self, batch: dict, side: labels_lib.LabelSide) -> None:
+    """Scatter a batch's counts (`count_batch`) into the global arrays."""
+    n = len(side.global_ids)
+    self.inter[:, side.global_ids] += np.asarray(batch['inter'])[:, :n]
+    self.label_pixels[side.global_ids] += side.label_pixels
     self.act_paper += np.asarray(batch['act_paper'])
     self.act_lite += np.asarray(batch['act_lite'])
     self.act_pixels += np.asarray(batch['act_pixels'])

@@ -25,12 +25,15 @@ def test_forward_compiles_once_per_structure(ds):
   layers = ('features.1', 'features.2')
   models = [convstack.ConvStack(OPS, preprocessing='none', rngs=nnx.Rngs(s)) for s in (1, 2, 3)]
   before = activations._compiled.cache_info()
+  fn, _ = activations._compiled(activations.structure_key(nnx.split(models[0])[0]), layers, None,
+                                'float32')
+  traces = fn._cache_size()         # other tests may have run this structure at other batch sizes
   outs = [api.dissect(m, ds, layers, tau=0.1, batch_size=3, progress=False) for m in models]
   after = activations._compiled.cache_info()
   assert after.currsize - before.currsize <= 1          # one entry for the structure and taps
-  fn, _ = activations._compiled(activations.structure_key(nnx.split(models[0])[0]), layers, None,
-                                'float32')
-  assert fn._cache_size() == len({r.size_key for r in ds.records})   # one trace per image size
+  # one trace per image size, for all three models
+  assert fn._cache_size() - traces <= len({r.size_key for r in ds.records})
+  assert fn._cache_size() >= len({r.size_key for r in ds.records})
   # and the weights still matter: different seeds, different thresholds
   assert not np.array_equal(outs[0].layers['features.1'].thresholds,
                             outs[1].layers['features.1'].thresholds)

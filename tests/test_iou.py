@@ -167,3 +167,32 @@ def test_label_counts_once_per_pixel(broden_factory):
           f'IoU(unit 2, label 10) {scores[2, 10]:.4f} (summed: {old[2, 10]:.4f})')
     assert old[1, 8] == 2.0 and old.max() > 1.0                   # what the fixture catches
   assert ref.label_pixels[10] == 400 and ref.inter[2, 10] == 9    # image-level 10 covers image 2
+
+
+def test_label_side_planted():
+  """labels.image_labels / stack on a hand-made 2x3 image: sets, categories, padding, pixels."""
+  from ndjax import labels
+  primary = np.array([-1, 0, 1, 1, -1, 0])       # 0 = none; 4 has no category (dropped)
+  layers = np.array([[[1, 1, 2], [0, 4, 2]],     # layer 0
+                     [[3, 0, 0], [3, 4, 2]]])    # layer 1: 2 again at (1, 2), counts once
+  img = np.array([5, 0])
+  im = labels.image_labels(layers, img, primary, num_cats=2)
+  assert im.ids.tolist() == [1, 2, 3, 5]
+  expect = np.zeros((6, 4), bool)
+  for x, ls in enumerate([[1, 3], [1], [2], [3], [], [2]]):
+    for l in ls:
+      expect[x, [1, 2, 3, 5].index(l)] = True
+  expect[:, 3] = True                             # image-level 5 covers every pixel
+  np.testing.assert_array_equal(im.sets, expect)
+  np.testing.assert_array_equal(im.pix_cat, [[1, 1], [1, 0], [0, 1], [0, 1], [0, 0], [0, 1]])
+  np.testing.assert_array_equal(im.img_cat, [True, False])
+  other = labels.image_labels(np.full((1, 2, 3), 2), np.zeros(1, int), primary, num_cats=2)
+  side = labels.stack([im, None, other], 6, 2)
+  assert side.global_ids.tolist() == [1, 2, 3, 5] and side.num_local == 16
+  assert side.side.shape == (3, 6, 8 + 2 + 1)
+  np.testing.assert_array_equal(side.ids[0, :4], [0, 1, 2, 3])
+  assert (side.ids[0, 4:] == 16).all() and (side.ids[1] == 16).all()
+  assert side.ids[2, 0] == 1 and not side.side[1].any()
+  np.testing.assert_array_equal(side.label_pixels, [2, 2 + 6, 2, 6])
+  np.testing.assert_array_equal(side.side[0, :, -1], True)
+  np.testing.assert_array_equal(side.relevant, [[True, True], [False, False], [False, True]])

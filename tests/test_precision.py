@@ -45,21 +45,22 @@ def test_model_forward_is_highest_precision(arch):
 
 
 def test_count_kernel_products():
-  """The count: upsampling at HIGHEST; the 0/1 matmuls deliberately bf16 x bf16 -> f32 (exact)."""
-  b, h, w, k, sh, sw, cp, cats = 4, 7, 7, 5, 20, 20, 6, 3
+  """The count: upsampling at HIGHEST; the 0/1 matmul deliberately bf16 x bf16 -> f32 (exact)."""
+  b, h, w, k, sh, sw, ci, cats = 4, 7, 7, 5, 20, 20, 8, 3
   f32, i32 = jnp.float32, jnp.int32
   args = (jax.ShapeDtypeStruct((b, h, w, k), f32), jax.ShapeDtypeStruct((k,), f32),
           jax.ShapeDtypeStruct((sh, h), f32), jax.ShapeDtypeStruct((sw, w), f32),
-          jax.ShapeDtypeStruct((b, 2, sh, sw), i32), jax.ShapeDtypeStruct((b, 2), i32),
-          jax.ShapeDtypeStruct((cp,), i32), jax.ShapeDtypeStruct((b,), jnp.bool_))
-  def count(acts, thr, wy, wx, layers, image_labels, label_cat, valid):
-    sets = iou.label_sets(layers, image_labels, label_cat, valid, num_local=cp, num_cats=cats)
-    sets.pop('label_pixels')
+          dict(side=jax.ShapeDtypeStruct((b, sh * sw, ci + cats + 1), jnp.bool_),
+               ids=jax.ShapeDtypeStruct((b, ci), i32),
+               img_cat=jax.ShapeDtypeStruct((b, cats), jnp.bool_),
+               relevant=jax.ShapeDtypeStruct((b, cats), jnp.bool_)),
+          jax.ShapeDtypeStruct((b,), jnp.bool_))
+  def count(acts, thr, wy, wx, side, valid):
     units = jnp.broadcast_to(jnp.arange(k, dtype=i32), (b, k))
-    return iou._count(acts, thr, wy, wx, sets, valid, units, chunk=2)
+    return iou._count(acts, thr, wy, wx, side, valid, units, chunk=2, num_local=16)
   ops = _products(count, *args)
   exact_01 = [op for op in ops if re.search(r'\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\)', op)]
-  assert len(exact_01) == 4 and all('xf32>' in op.split('->')[-1] for op in exact_01)
+  assert len(exact_01) == 1 and all('xf32>' in op.split('->')[-1] for op in exact_01)
   rest = [op for op in ops if op not in exact_01]
   assert rest and all(_highest(op) for op in rest), rest
   masks = _products(upsample.threshold_masks, *args[:4])

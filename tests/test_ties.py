@@ -111,14 +111,14 @@ def test_every_mask_site_drops_the_plateau():
   acts = np.full((2, *hw, 1), t, np.float32)
   acts[1, 3:5, 4:6] = 7.0                                      # one real blob on image 1
   wy, wx = _matrices('rf', hw, rf)
-  layers = np.zeros((2, 1, *MASK), np.int32)
-  counts = iou.count_labels(jnp.asarray(acts), jnp.asarray([t]), wy, wx, jnp.asarray(layers),
-                           jnp.full((2, 1), -1, jnp.int32), jnp.zeros(1, jnp.int32),
-                           jnp.ones(2, bool), num_local=1, num_cats=1, chunk=2)
+  layers = np.ones((2, 1, *MASK), np.int32)                       # label 1 everywhere
+  counts = iou.count_labels(jnp.asarray(acts), jnp.asarray([t]), wy, wx, layers,
+                            np.zeros((2, 1), np.int32), np.array([-1, 0]), np.ones(2, bool),
+                            chunk=2)
   expect = [mask_by_hand(acts[i, ..., 0], t, IMAGE, MASK, rf) for i in range(2)]
   assert expect[0].sum() == 0 and expect[1].sum() > 0
   assert int(counts['act_pixels'][0]) == expect[1].sum()
-  assert int(counts['inter'][0, 0]) == expect[1].sum()             # label 0 everywhere here
+  assert int(counts['inter'][0, 1]) == expect[1].sum()
   for i in range(2):
     got = topk.unit_mask(acts[i, ..., 0], t, IMAGE, MASK, 'rf', rf)
     np.testing.assert_array_equal(got, expect[i])
