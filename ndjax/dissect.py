@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ndjax import activations, distributed, iou, loader, thresholds, upsample
 from ndjax import labels as labels_lib
 from ndjax import resume as resume_lib
+from ndjax import tiles as tiles_lib
 from ndjax import topk as topk_lib
 from ndjax import views as views_lib
 from ndjax.cache import ActivationCache
@@ -48,6 +49,7 @@ class DissectConfig:
   skip_bad_images: bool = False
   progress: bool = True
   chunk: int = 4                                  # images per on-device counting step
+  count_kernel: str = 'auto'                      # 'dense', 'tiles' (hot tiles only), 'auto'
   max_buffer_gb: float = 8.0                      # cap on the exact-threshold selection memory
   selection: str = 'auto'                         # 'top', 'histogram', or 'auto' (top while it fits)
   compute_dtype: str = 'float32'                  # the forward's dtype; 'bfloat16' for accelerators
@@ -130,6 +132,7 @@ class StageTimer:
       yield item
 
 
+COUNT_KERNELS = ('auto', 'dense', 'tiles')
 SELECTIONS = {'top': thresholds.StreamingThreshold, 'histogram': thresholds.HistogramThreshold}
 
 
@@ -178,13 +181,15 @@ class Basis:
     if self.counts is None:
       self.counts = [iou.Counts.zeros(self.stream.units, num_labels, num_cats) for _ in self.views]
 
-  def pass2(self, acts, wy, wx, side: labels_lib.LabelSide, ids, valid, *, chunk: int,
+  def pass2(self, acts, wy, wx, tiles, side: labels_lib.LabelSide, ids, valid, *, chunk: int,
             mesh, clock: StageTimer) -> None:
     v = clock.stage('view', views_lib.transform, acts, self.matrix)
     for thr, t_host, counts in zip(self._thr_dev, self.thresholds, self.counts):
-      units = clock.stage('active_units', iou.active_units, v, t_host)
+      units = None
+      if tiles is None or mesh is not None:
+        units = clock.stage('active_units', iou.active_units, v, t_host)
       out = clock.stage('upsample_count', iou.count_batch, v, thr, wy, wx, side, valid,
-                        chunk=chunk, mesh=mesh, units=units)
+                        chunk=chunk, mesh=mesh, units=units, tiles=tiles)
       clock.stage('accumulate', counts.add, out, side)
     if self.top is not None:
       clock.stage('topk_maps', self.top.gather, np.asarray(v), ids)
@@ -241,6 +246,7 @@ class Plan:
   shapes: dict                          # size key -> {layer: (h, w, K)}
   views: dict[str, list[views_lib.View]]
   mats: dict                            # (size key, layer) -> (wy, wx) as device `two_taps`
+  tiles: dict                           # (size key, layer) -> `tiles.Tiles`, or None: dense count
   max_n: dict[str, int]
   selection: dict[str, str]             # layer -> 'top' (one pass) or 'histogram' (two passes)
 
@@ -264,13 +270,20 @@ def make_plan(model, ds, cfg: DissectConfig) -> Plan:
   except views_lib.ViewError as e:
     raise DissectError(str(e)) from None
   selection = choose_selection(layers, views, units, max_n, cfg)
-  mats = {}
+  if cfg.count_kernel not in COUNT_KERNELS:
+    raise DissectError(f'count_kernel={cfg.count_kernel!r}: use {", ".join(COUNT_KERNELS)}')
+  mats, tiles = {}, {}
   for key, per_layer in shapes.items():
     for l, (h, w, _) in per_layer.items():
       rf = model.rf_geometry(l) if cfg.upsample == 'rf' else None
-      wy, wx = upsample.matrices(cfg.upsample, (h, w), key[:2], key[2:], rf)
-      mats[key, l] = tuple(tuple(jnp.asarray(a) for a in upsample.two_taps(m)) for m in (wy, wx))
-  return Plan(layers, batches, all_batches, shapes, views, mats, max_n, selection)
+      taps = [upsample.two_taps(m) for m in upsample.matrices(cfg.upsample, (h, w), key[:2],
+                                                               key[2:], rf)]
+      mats[key, l] = tuple(tuple(jnp.asarray(a) for a in t) for t in taps)
+      geometry = tiles_lib.tiles(*taps)
+      use = (cfg.count_kernel == 'tiles' or
+             cfg.count_kernel == 'auto' and geometry.area >= tiles_lib.MIN_AREA)
+      tiles[key, l] = geometry if use else None
+  return Plan(layers, batches, all_batches, shapes, views, mats, tiles, max_n, selection)
 
 
 def choose_selection(layers, views, units, max_n, cfg: DissectConfig) -> dict[str, str]:
@@ -421,10 +434,11 @@ class _Run:
                 bad_pass1=ids(self.after_pass1 if ph == 2 else self.bad.items),
                 bases={f'b{j}': b.state(ph) for j, b in enumerate(self.bases)})
 
-  def batches(self, todo, decode, wait: str, desc: str, start: int):
-    """(position, batch) over `todo` with decoding prefetched (time waiting on it: `wait`), a
-    progress bar, and positions counted from `start` + 1."""
-    stream = self.clock.wait(wait, loader.prefetch(todo, decode, self.bad))
+  def batches(self, todo, decode, wait: str, desc: str, start: int, finish=None):
+    """(position, batch) over `todo` with decoding (and `finish`, see `loader.prefetch`)
+    prefetched (time waiting on it: `wait`), a progress bar, and positions counted from
+    `start` + 1."""
+    stream = self.clock.wait(wait, loader.prefetch(todo, decode, self.bad, finish=finish))
     bar = tqdm(stream, total=len(todo), desc=desc, unit='batch', disable=not self.cfg.progress)
     return enumerate(bar, start=start + 1)
 
@@ -499,17 +513,15 @@ class _Run:
     start = self.done if self.phase == 2 else 0
     primary, cats = self.ds.primary, self.num_cats
     decode = lambda i: labels_lib.image_labels(*self.ds.load_labels(i), primary, cats)
+    stack = lambda b: labels_lib.stack(b.data, b.size_key[2] * b.size_key[3], cats)
     for pos, batch in self.batches(self.plan.batches[start:], decode, 'decode_labels',
-                                   'pass 2/2 upsample + count', start):
-      valid = _valid_mask(batch, self.bad)
-      sh, sw = batch.size_key[2:]
-      side = self.clock.stage('stack_labels', labels_lib.stack,
-                              [d if ok else None for d, ok in zip(batch.data, valid)], sh * sw, cats)
+                                   'pass 2/2 upsample + count', start, finish=stack):
+      valid, side = _valid_mask(batch, self.bad), batch.data
       acts = self.activations(batch, keep=False)
       for b in self.bases:
-        wy, wx = self.plan.mats[batch.size_key, b.layer]
-        b.pass2(acts[b.layer], wy, wx, side, batch.ids, valid, chunk=self.cfg.chunk,
-                mesh=self.mesh, clock=self.clock)
+        key = batch.size_key, b.layer
+        b.pass2(acts[b.layer], *self.plan.mats[key], self.plan.tiles[key], side, batch.ids, valid,
+                chunk=self.cfg.chunk, mesh=self.mesh, clock=self.clock)
       if self.ckpt.due(pos, len(self.plan.batches)):
         self.ckpt.save(self.state(2, pos))
     for b in self.bases:

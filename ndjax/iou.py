@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ndjax import labels as labels_lib
+from ndjax import tiles as tiles_lib
 from ndjax import upsample as upsample_lib
 
 
@@ -48,14 +49,20 @@ def active_units(acts, thresholds, *, min_width: int = 8) -> np.ndarray:
 
 
 def count_batch(acts, thresholds, wy, wx, side: labels_lib.LabelSide, valid, *, chunk: int = 4,
-                mesh=None, units=None):
+                mesh=None, units=None, tiles: tiles_lib.Tiles | None = None):
   """Counts for one batch (see `_count`); with a mesh, data-parallel over its 'batch' axis.
 
   `side`: the batch's `labels.LabelSide`; `units` (B, Kc): the units to count per image
-  (`active_units`); default all. Each device counts its slice of the batch and the integer
-  counts are summed across devices with a psum, on the devices (exact: integer sums).
-  Returns device arrays inter (K, num_local), act_paper, act_lite (K, C), act_pixels (K,).
+  (`active_units`); default all. With `tiles` (and no mesh), only the hot tiles are counted
+  (`_count_tiles`; `units` is not needed there). With a mesh, each device counts its slice of
+  the batch and the integer counts are summed across devices with a psum, on the devices
+  (exact: integer sums). Returns device arrays inter (K, num_local), act_paper, act_lite (K, C),
+  act_pixels (K,).
   """
+  if tiles is not None and mesh is None:
+    image, tile, rows = tiles_lib.hot_blocks(acts, thresholds, valid, tiles)
+    return _count_tiles_jit(acts, thresholds, tiles.device, side.device(), image, tile, rows,
+                            num_local=side.num_local)
   if units is None:
     units = np.broadcast_to(np.arange(acts.shape[-1], dtype=np.int32), (acts.shape[0], acts.shape[-1]))
   units = jnp.asarray(units, jnp.int32)
@@ -68,7 +75,7 @@ def count_batch(acts, thresholds, wy, wx, side: labels_lib.LabelSide, valid, *, 
 
 
 def count_labels(acts, thresholds, wy, wx, layers, image_level, primary, valid, *, chunk: int = 4,
-                 mesh=None, units=None) -> dict:
+                 mesh=None, units=None, tiles: tiles_lib.Tiles | None = None) -> dict:
   """Counts of one batch from its label numbers (for callers that count one layer once).
 
   layers: (B, L, sh, sw) label numbers (0 = none); image_level: (B, I); primary: (N,) category
@@ -82,7 +89,7 @@ def count_labels(acts, thresholds, wy, wx, layers, image_level, primary, valid, 
                            if valid[i] else None for i in range(len(layers))],
                           layers.shape[2] * layers.shape[3], num_cats)
   out = count_batch(acts, thresholds, wy, wx, side, jnp.asarray(valid), chunk=chunk, mesh=mesh,
-                    units=units)
+                    units=units, tiles=tiles)
   counts = Counts.zeros(acts.shape[-1], len(primary), num_cats)
   counts.add(out, side)
   return counts.as_dict()
@@ -112,7 +119,6 @@ def _count(acts, thresholds, wy, wx, side, valid, units, *, chunk: int = 4, num_
   """
   b, _, _, k = acts.shape
   kc = units.shape[1]
-  ci, num_cats = side['ids'].shape[1], side['img_cat'].shape[1]
   x_pixels = side['side'].shape[1]
 
   def per_chunk(carry, xs):
@@ -123,28 +129,79 @@ def _count(acts, thresholds, wy, wx, side, valid, units, *, chunk: int = 4, num_
     mask = (mask & valid_c[:, None, None, None]).reshape(chunk, kc, x_pixels)
     # one product gives everything (`labels` module docstring). The mask's area comes out of it
     # too: a separate bool reduction over the mask ran ~10x slower inside this loop on XLA:CPU.
-    prod = _exact_01_matmul('ckx,cxn->ckn', mask, side_c['side']).astype(jnp.int32)
-    inter, cats, act = prod[..., :ci], prod[..., ci:ci + num_cats], prod[..., -1]
-    touches = (cats > 0) | side_c['img_cat'][:, None, :]                          # (c, Kc, C)
-    # back from each image's Kc units and Ci labels to all K units and the batch's labels
-    # (integer adds; distinct units and labels per image; padding columns fall off the end)
-    inter = jnp.zeros((k, num_local), jnp.int32).at[
-        units_c[:, :, None], side_c['ids'][:, None, :]].add(inter, mode='drop')
-    scatter = lambda shape, v: jnp.zeros(shape, jnp.int32).at[units_c].add(v)
-    out = dict(inter=inter,
-               act_paper=scatter((k, num_cats), act[:, :, None] * side_c['relevant'][:, None, :]),
-               act_lite=scatter((k, num_cats), act[:, :, None] * touches),
-               act_pixels=scatter((k,), act))
-    return jax.tree.map(jnp.add, carry, out), None
+    prod = _exact_01_matmul('ckx,cxn->ckn', mask, side_c['side'])
+    return jax.tree.map(jnp.add, carry, _finish(prod, units_c, side_c, k, num_local)), None
 
-  zeros = dict(inter=jnp.zeros((k, num_local), jnp.int32),
-               act_paper=jnp.zeros((k, num_cats), jnp.int32),
-               act_lite=jnp.zeros((k, num_cats), jnp.int32),
-               act_pixels=jnp.zeros((k,), jnp.int32))
   split = lambda a: a.reshape(b // chunk, chunk, *a.shape[1:])
-  totals, _ = jax.lax.scan(per_chunk, zeros, (split(acts), jax.tree.map(split, side),
-                                              split(valid), split(units)))
+  totals, _ = jax.lax.scan(per_chunk, _zeros(k, num_local, side),
+                           (split(acts), jax.tree.map(split, side), split(valid), split(units)))
   return totals
+
+
+def _zeros(k: int, num_local: int, side) -> dict:
+  num_cats = side['img_cat'].shape[1]
+  return dict(inter=jnp.zeros((k, num_local), jnp.int32),
+              act_paper=jnp.zeros((k, num_cats), jnp.int32),
+              act_lite=jnp.zeros((k, num_cats), jnp.int32),
+              act_pixels=jnp.zeros((k,), jnp.int32))
+
+
+def _finish(prod, units, side, k: int, num_local: int) -> dict:
+  """Counts from the per-image products (c, Kc, Ci + C + 1) of masks and label sides."""
+  ci, num_cats = side['ids'].shape[1], side['img_cat'].shape[1]
+  prod = prod.astype(jnp.int32)
+  inter, cats, act = prod[..., :ci], prod[..., ci:ci + num_cats], prod[..., -1]
+  touches = (cats > 0) | side['img_cat'][:, None, :]                              # (c, Kc, C)
+  # back from each image's Kc units and Ci labels to all K units and the batch's labels
+  # (integer adds; distinct units and labels per image; padding columns fall off the end)
+  inter = jnp.zeros((k, num_local), jnp.int32).at[
+      units[:, :, None], side['ids'][:, None, :]].add(inter, mode='drop')
+  scatter = lambda shape, v: jnp.zeros(shape, jnp.int32).at[units].add(v)
+  return dict(inter=inter,
+              act_paper=scatter((k, num_cats), act[:, :, None] * side['relevant'][:, None, :]),
+              act_lite=scatter((k, num_cats), act[:, :, None] * touches),
+              act_pixels=scatter((k,), act))
+
+
+def _count_tiles(acts, thresholds, geometry, side, image, tile, units, *, num_local: int):
+  """`_count` on the hot tiles only (`tiles` module docstring): the same counts, the same bits.
+
+  geometry: `tiles.Tiles.device()`; image, tile (N,), units (N, ROWS): `tiles.hot_blocks`, N a
+  multiple of tiles.BLOCKS. Each block's ROWS unit masks on one tile are computed from the
+  tile's 2 x 2 sources with `upsample._apply_taps`'s arithmetic (y first, then x, on a - T_k),
+  and multiplied by the tile's label rows, gathered once per block.
+  """
+  b, _, _, k = acts.shape
+  centred = acts - thresholds.astype(acts.dtype)
+  y_lo, y_hi, _, y_wl, y_wh = geometry['y']
+  x_lo, x_hi, _, x_wl, x_wh = geometry['x']
+  jx = x_lo.shape[0]
+  rows = jnp.concatenate([side['side'], jnp.zeros_like(side['side'][:, :1])], axis=1)
+  rows = rows.astype(jnp.bfloat16)                       # (B, X + 1, n): X = padding pixel
+
+  def step(prod, xs):
+    image, tile, units = xs
+    live, unit, img = units >= 0, jnp.maximum(units, 0), image[:, None]
+    ty, tx = tile // jx, tile % jx
+    src = lambda ys, xs: centred[img, ys[ty][:, None], xs[tx][:, None], unit]    # (blocks, ROWS)
+    wyl, wyh = y_wl[ty][:, None, :], y_wh[ty][:, None, :]                        # (blocks, 1, Ty)
+    lo = src(y_lo, x_lo)[..., None] * wyl + src(y_hi, x_lo)[..., None] * wyh     # (blocks, ROWS, Ty)
+    hi = src(y_lo, x_hi)[..., None] * wyl + src(y_hi, x_hi)[..., None] * wyh
+    value = (lo[..., None] * x_wl[tx][:, None, None, :] + hi[..., None] * x_wh[tx][:, None, None, :])
+    mask = ((value > 0) & live[..., None, None]).reshape(*units.shape, -1)       # (blocks, ROWS, T)
+    labels = rows[image[:, None], geometry['pix'][tile]]                          # (blocks, T, n)
+    part = _exact_01_matmul('brt,btn->brn', mask, labels)
+    dest = jnp.where(live, img * k + unit, b * k).ravel()                         # empty rows: dump
+    return prod.at[dest].add(part.reshape(dest.shape[0], -1)), None
+
+  split = lambda a: a.reshape(-1, tiles_lib.BLOCKS, *a.shape[1:])
+  prod, _ = jax.lax.scan(step, jnp.zeros((b * k + 1, rows.shape[2]), jnp.float32),
+                         (split(image), split(tile), split(units)))
+  every = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))
+  return _finish(prod[:-1].reshape(b, k, -1), every, side, k, num_local)
+
+
+_count_tiles_jit = jax.jit(_count_tiles, static_argnames=('num_local',))
 
 
 def _exact_01_matmul(spec: str, a, b):

@@ -59,7 +59,8 @@ class BadImages:
         self.items[i] = str(err)
 
 
-def _decode_batch(batch: Batch, decode: Callable[[int], object], bad: BadImages) -> Batch:
+def _decode_batch(batch: Batch, decode: Callable[[int], object], bad: BadImages,
+                  finish: Callable[[Batch], object] | None = None) -> Batch:
   out = []
   for slot, i in enumerate(batch.ids):
     if i < 0 or i in bad.items:
@@ -71,12 +72,16 @@ def _decode_batch(batch: Batch, decode: Callable[[int], object], bad: BadImages)
       bad.handle(int(i), e)
       out.append(None)
   valid = np.array([o is not None for o in out])
-  return dataclasses.replace(batch, valid=valid, data=out)
+  batch = dataclasses.replace(batch, valid=valid, data=out)
+  return batch if finish is None else dataclasses.replace(batch, data=finish(batch))
 
 
 def prefetch(batches: list[Batch], decode: Callable[[int], object], bad: BadImages,
-             workers: int = 4, depth: int = 3) -> Iterator[Batch]:
-  """Decode batches in a thread pool, `depth` batches ahead of the consumer, in order."""
+             workers: int = 4, depth: int = 3,
+             finish: Callable[[Batch], object] | None = None) -> Iterator[Batch]:
+  """Decode batches in a thread pool, `depth` batches ahead of the consumer, in order; `finish`
+  (decoded batch -> its data, e.g. stacked) runs in the pool too. A slot whose image is padding
+  or could not be decoded holds None (and valid False)."""
   results: queue.Queue = queue.Queue(maxsize=depth)
   stop = threading.Event()
 
@@ -87,7 +92,7 @@ def prefetch(batches: list[Batch], decode: Callable[[int], object], bad: BadImag
         for b in batches:
           if stop.is_set():
             return
-          pending.append(pool.submit(_decode_batch, b, decode, bad))
+          pending.append(pool.submit(_decode_batch, b, decode, bad, finish))
           while len(pending) >= depth:
             results.put(pending.pop(0).result())
         for f in pending:

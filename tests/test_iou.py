@@ -53,15 +53,17 @@ def _brute_force(model, ds, layer, tau, summed_layers=False):
   return thr, iou.Counts(inter, truth, act_paper, act_lite, None)
 
 
+@pytest.mark.parametrize('count_kernel', ['dense', 'tiles'])
 @pytest.mark.parametrize('batch_size,tau', [(4, 0.05), (3, 0.2)])
-def test_counts_equal_brute_force(broden_factory, batch_size, tau):
+def test_counts_equal_brute_force(broden_factory, batch_size, tau, count_kernel):
   rng = np.random.default_rng(batch_size)
   root = broden_factory(CATS, LABELS, random_images(rng, 14))
   ds = broden.open_broden(root)
   ops = (convstack.Op('conv', 5, 3, 2, 0), convstack.Op('relu'), convstack.Op('pool', kernel=2, stride=2))
   model = convstack.ConvStack(ops, preprocessing='none', rngs=nnx.Rngs(1))
   cfg = dissect.DissectConfig(layers=('features.1', 'features.2'), tau=tau, batch_size=batch_size,
-                              progress=False, chunk=1 if batch_size % 2 else 2)
+                              progress=False, chunk=1 if batch_size % 2 else 2,
+                              count_kernel=count_kernel)
   out = dissect.dissect(model, ds, cfg)
   for layer in cfg.layers:
     thr, ref = _brute_force(model, ds, layer, tau)

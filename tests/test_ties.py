@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ndjax import iou, models, report, topk, upsample
+from ndjax import iou, models, report, tiles, topk, upsample
 from tests.by_hand import centre_grid, mask_by_hand
 
 IMAGE, MASK = (227, 227), (113, 113)
@@ -129,3 +129,72 @@ def test_every_mask_site_drops_the_plateau():
   masks = report.unit_masks(results, top, types.SimpleNamespace(records=[rec, rec]), 2)
   for i in range(2):
     np.testing.assert_array_equal(masks[0, i], expect[i])
+
+
+@pytest.mark.parametrize('arch,layer', TAPS)
+@pytest.mark.parametrize('mode', ['rf', 'center'])
+def test_hot_tile_counts_equal_definition(arch, layer, mode):
+  """The hot-tile kernel (`tiles`, `iou._count_tiles`) counts what the definition's masks give,
+  ties at T_k included, and equals the dense kernel on every count."""
+  hw, rf = _geometry(arch, layer)
+  taps = [upsample.two_taps(m) for m in upsample.matrices(mode, hw, IMAGE, MASK, rf)]
+  geometry = tiles.tiles(*taps)
+  assert geometry.area >= tiles.MIN_AREA
+  wy, wx = (tuple(jnp.asarray(a) for a in t) for t in taps)
+  rng = np.random.default_rng(2)
+  levels = np.array([0.0, 0.1, 1 / 3, 6.0, 6.5, 123.456], np.float32)
+  acts = levels[rng.choice(len(levels), (4, *hw, 4), p=[.4, .1, .1, .35, .03, .02])]
+  thresholds = np.array([6.0, 0.1, 1 / 3, 0.0], np.float32)
+  layers = rng.integers(0, 4, (4, 2, *MASK)) * (rng.random((4, 2, *MASK)) < 0.3)
+  image_level = np.array([[0], [4], [4], [0]])
+  primary = np.array([-1, 0, 0, 1, 2])
+  valid = np.array([True, True, False, True])                  # slot 2: padding, counts nothing
+  args = (jnp.asarray(acts), jnp.asarray(thresholds), wy, wx, layers, image_level, primary, valid)
+  got = iou.count_labels(*args, chunk=2, tiles=geometry)
+  dense = iou.count_labels(*args, chunk=2)
+  for key in dense:
+    np.testing.assert_array_equal(got[key], dense[key], err_msg=key)
+  grid = (rf, rf) if mode == 'rf' else (centre_grid(IMAGE[0], hw[0]), centre_grid(IMAGE[1], hw[1]))
+  inter, size = np.zeros((4, 5), np.int64), np.zeros(4, np.int64)
+  for i in np.flatnonzero(valid):
+    for u in range(4):
+      m = mask_by_hand(acts[i, ..., u], thresholds[u], IMAGE, MASK, *grid)
+      size[u] += m.sum()
+      for c in range(1, 5):
+        inter[u, c] += (m & ((layers[i] == c).any(axis=0) | (c in image_level[i]))).sum()
+  assert size.min() > 0 and size.max() < 3 * MASK[0] * MASK[1]         # neither empty nor full
+  np.testing.assert_array_equal(got['act_pixels'], size)
+  np.testing.assert_array_equal(got['inter'], inter)
+
+
+def test_hot_blocks_cover_exactly_the_hot_triples():
+  """Every (image, tile, unit) with a source > T_k is in exactly one block row; nothing else."""
+  hw, rf = _geometry('alexnet', 'conv5')
+  geometry = tiles.tiles(*[upsample.two_taps(m)
+                           for m in upsample.matrices('rf', hw, IMAGE, MASK, rf)])
+  rng = np.random.default_rng(3)
+  acts = rng.random((3, *hw, 40)).astype(np.float32) ** 8       # sparse excesses; unit 39 never
+  thresholds = np.full(40, 0.5, np.float32)
+  thresholds[39] = 2.0
+  valid = np.array([True, False, True])
+  image, tile, units = tiles.hot_blocks(acts, thresholds, valid, geometry)
+  got = sorted((int(b), int(j), int(k)) for b, j, row in zip(image, tile, units) for k in row
+               if k >= 0)
+  expect = []
+  y, x = geometry.y, geometry.x
+  for b in np.flatnonzero(valid):
+    for jy in range(len(y.lo)):
+      for jx in range(len(x.lo)):
+        block = acts[b][np.ix_([y.lo[jy], y.hi[jy]], [x.lo[jx], x.hi[jx]])]   # (2, 2, K)
+        for k in np.flatnonzero((block > thresholds).any(axis=(0, 1))):
+          expect.append((int(b), jy * len(x.lo) + jx, int(k)))
+  assert got == sorted(expect) and len(got) == len(set(got)) > 0
+  assert len(image) % tiles.BLOCKS == 0
+  # each segment's rows read its own two sources: the segments partition the mask rows
+  for ax, taps in zip((y, x), (upsample.two_taps(m) for m in upsample.matrices(
+      'rf', hw, IMAGE, MASK, rf))):
+    rows = ax.pix[ax.pix >= 0]
+    assert sorted(rows.tolist()) == list(range(MASK[0]))
+    for j in range(len(ax.lo)):
+      r = ax.pix[j][ax.pix[j] >= 0]
+      assert (taps[0][r] == ax.lo[j]).all() and (taps[1][r] == ax.hi[j]).all()
