@@ -229,30 +229,32 @@ def count_batch(acts, threshold, layers, image_labels, label_cat, num_cats: int,
                 act_paper=torch.zeros(k, num_cats), act_lite=torch.zeros(k, num_cats),
                 act_pixels=torch.zeros(k))
   for s in range(0, b, chunk):
-    a = acts[s:s + chunk]
+    # the definition's mask: upsample(a - T_k) > 0 (a plateau equal to T_k stays off exactly)
+    a = acts[s:s + chunk] - threshold.view(1, k, 1, 1)
     c = len(a)
     if upsample_impl == 'interpolate':
       up = F.interpolate(a, size=mask_hw, mode='bilinear', align_corners=False)
     else:      # the separable matrices ndjax uses (y first, then x): bit-level comparison runs
       up = torch.einsum('bkhw,sh->bksw', a, wy)
       up = torch.einsum('bksw,tw->bkst', up, wx)
-    # strict > T_k written straight into a float tensor (4x faster than bool then .float());
+    # strict > 0 written straight into a float tensor (4x faster than bool then .float());
     # (c, sh, sw, K) memory order for channels_last: a free (c, X, K) view, pixel-major
-    mask = torch.gt(up, threshold.view(1, k, 1, 1), out=torch.empty_like(up))
+    mask = torch.gt(up, 0.0, out=torch.empty_like(up))
     mask = mask.permute(0, 2, 3, 1).reshape(c, pixels, k)
-    # label one-hots, one column per present label plus a dropped "none" column; several mask
-    # layers holding the same label at a pixel count twice, as in ndjax
+    # label SETS (the definition: a pixel carrying c in several mask layers, or c also as an
+    # image-level label, counts once), one column per present label plus a dropped "none" column
     lay = (layers[s:s + chunk].reshape(c, -1, pixels) + 1).permute(0, 2, 1)        # (c, X, L)
     pix_onehot = torch.zeros(c, pixels, p + 1).scatter_add_(2, lay, torch.ones(lay.shape))[..., 1:]
     img = image_labels[s:s + chunk] + 1
     img_onehot = torch.zeros(c, p + 1).scatter_add_(1, img, torch.ones(img.shape))[:, 1:]
+    labelled = ((pix_onehot > 0) | (img_onehot[:, None, :] > 0)).float()            # (c, X, P)
     act_per_image = mask.sum(1)                                                     # (c, K)
 
     # per-image intersections: one batched GEMM over the pixels (the transposed mask is a view)
-    inter_image = torch.bmm(mask.transpose(1, 2), pix_onehot)                       # (c, K, P)
-    totals['inter'] += inter_image.sum(0) + act_per_image.T @ img_onehot
+    inter_image = torch.bmm(mask.transpose(1, 2), labelled)                         # (c, K, P)
+    totals['inter'] += inter_image.sum(0)
     label_pixels_image = pix_onehot.sum(1)                                          # (c, P)
-    totals['label_pixels'] += label_pixels_image.sum(0) + img_onehot.sum(0) * pixels
+    totals['label_pixels'] += labelled.sum((0, 1))
     # paper: an image counts for category C if it carries a label of C; lite: if the unit's mask
     # touches a pixel labelled in C, i.e. its intersection with some label of C is non-empty
     img_cat = (img_onehot @ cat_onehot) > 0                                         # (c, C)

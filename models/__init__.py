@@ -19,6 +19,11 @@ MODELS = {
     'resnet152': resnet.resnet152,
     'densenet161': densenet.densenet161,
     'mobilenet_v2': mobilenet.mobilenet_v2,
+    # the paper's AlexNet training variants (random init; trained with `ndjax.train`)
+    'alexnet_bn': convstack.alexnet_bn,
+    'alexnet_nodropout': convstack.alexnet_nodropout,
+    'alexnet_gap_wide': convstack.alexnet_gap_wide,
+    'alexnet_gap_wideall': convstack.alexnet_gap_wideall,
 }
 
 # The default layer per model: the paper's last conv layer (post-ReLU) or the final features.
@@ -32,6 +37,10 @@ DEFAULT_LAYERS = {
     'resnet152': ('layer4',),
     'densenet161': ('relu5',),
     'mobilenet_v2': ('features',),
+    'alexnet_bn': ('conv5',),
+    'alexnet_nodropout': ('conv5',),
+    'alexnet_gap_wide': ('conv5',),
+    'alexnet_gap_wideall': ('conv5',),
 }
 
 

@@ -67,19 +67,34 @@ def paper_names(ops: Sequence[Op], block_style: str) -> dict[str, int]:
 
 VGG16_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M')
 
-ALEXNET_OPS = (
-    Op('conv', 64, 11, 4, 2), Op('relu'), Op('pool', kernel=3, stride=2),
-    Op('conv', 192, 5, 1, 2), Op('relu'), Op('pool', kernel=3, stride=2),
-    Op('conv', 384, 3, 1, 1), Op('relu'),
-    Op('conv', 256, 3, 1, 1), Op('relu'),
-    Op('conv', 256, 3, 1, 1), Op('relu'), Op('pool', kernel=3, stride=2),
-)
+def alexnet_ops(widths: Sequence[int] = (64, 192, 384, 256, 256), batch_norm: bool = False,
+                pool5: bool = True) -> tuple[Op, ...]:
+  """torchvision's AlexNet trunk (one 'conv' per layer, max pools after conv1, conv2, conv5), with
+  the paper's training variants as options: BN after every conv (`BatchNorm`), other widths
+  (`GAP-Wide*`), and no pool5 (the GAP variants pool conv5 globally instead)."""
+  geometry = ((11, 4, 2), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1))
+  ops = []
+  for n, (width, (kernel, stride, padding)) in enumerate(zip(widths, geometry), start=1):
+    ops.append(Op('conv', width, kernel, stride, padding))
+    if batch_norm:
+      ops.append(Op('bn', out=width))
+    ops.append(Op('relu'))
+    if n in (1, 2) or n == 5 and pool5:
+      ops.append(Op('pool', kernel=3, stride=2))
+  return tuple(ops)
+
+
+ALEXNET_OPS = alexnet_ops()
 
 # torchvision's classifiers, in `classifier.N` order (Dropout(0.5): the identity in eval mode).
 VGG_CLASSIFIER = (Op('linear', 4096), Op('relu'), Op('dropout'), Op('linear', 4096), Op('relu'),
                   Op('dropout'), Op('linear', 0))
 ALEXNET_CLASSIFIER = (Op('dropout'), Op('linear', 4096), Op('relu'), Op('dropout'),
                       Op('linear', 4096), Op('relu'), Op('linear', 0))
+# the paper's NoDropout: the same classifier with its dropout layers removed
+ALEXNET_CLASSIFIER_NO_DROPOUT = tuple(op for op in ALEXNET_CLASSIFIER if op.kind != 'dropout')
+# GAP variants: global average pooling of conv5 straight into one linear classifier (no fc6/fc7)
+GAP_CLASSIFIER = (Op('linear', 0),)
 
 _DESCRIPTIONS = {'conv': 'Conv2d output (pre-ReLU)', 'bn': 'BatchNorm2d output (pre-ReLU)',
                  'relu': 'ReLU output (post-ReLU)', 'pool': 'MaxPool2d output'}
@@ -173,3 +188,16 @@ vgg16_bn = functools.partial(ConvStack, vgg_ops(VGG16_CFG, batch_norm=True), blo
                              pool_size=7)
 alexnet = functools.partial(ConvStack, ALEXNET_OPS, block_style='alexnet', preprocessing='torch',
                             name='alexnet', classifier=ALEXNET_CLASSIFIER, pool_size=6)
+# The paper's training variants of AlexNet (Sec 3.6-3.8), for `ndjax.train`; `Repeat` is the
+# baseline with another seed. Their weights come from training, not from a registry.
+_alexnet_like = functools.partial(ConvStack, block_style='alexnet', preprocessing='torch')
+alexnet_bn = functools.partial(_alexnet_like, alexnet_ops(batch_norm=True), name='alexnet_bn',
+                               classifier=ALEXNET_CLASSIFIER, pool_size=6)
+alexnet_nodropout = functools.partial(_alexnet_like, ALEXNET_OPS, name='alexnet_nodropout',
+                                      classifier=ALEXNET_CLASSIFIER_NO_DROPOUT, pool_size=6)
+alexnet_gap_wide = functools.partial(
+    _alexnet_like, alexnet_ops((64, 192, 384, 256, 768), pool5=False), name='alexnet_gap_wide',
+    classifier=GAP_CLASSIFIER, pool_size=1)
+alexnet_gap_wideall = functools.partial(
+    _alexnet_like, alexnet_ops((64, 576, 1152, 768, 768), pool5=False),
+    name='alexnet_gap_wideall', classifier=GAP_CLASSIFIER, pool_size=1)

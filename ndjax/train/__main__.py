@@ -1,0 +1,5 @@
+from absl import app
+
+from ndjax.train.main import main
+
+app.run(main)

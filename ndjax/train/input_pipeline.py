@@ -1,0 +1,175 @@
+"""Training data: the built-in classification task, or a prepared TFDS dataset; batches in a
+deterministic order (a function of the seed and the step, so a resumed run sees what an
+uninterrupted one would have).
+
+Built-in task (`probe_task`), so the whole study runs offline on this machine: images composed by
+the real-photo probe generator (`ndjax.probes.composite`) from its real ingredients, with seeds
+that no probe set uses (TASK_SEEDS; the probe sets are built with small seeds, 0 by default), and
+the class of an image is the object GROUP (bird, fruit, vehicle, ...) that covers the most pixels
+of it, i.e. the group of its largest visible cut-out. Images without a cut-out are skipped
+(deterministically: indices are tried in order). Rendering costs ~20 ms an image, so each split is
+rendered once into the cache as an .npz (written under a temporary name, then renamed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import pathlib
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+TASK_VERSION = 'probe_task_v1'
+TASK_SEEDS = {'train': 1_000_003, 'test': 1_000_033}
+
+
+@dataclasses.dataclass
+class Split:
+  images: object                 # (N, H, W, 3) uint8 array, or a TFDS data source (see `get`)
+  labels: np.ndarray             # (N,) int32
+  size: int                      # images are size x size
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(self.images, np.ndarray):
+      return self.images[indices], self.labels[indices]
+    return (np.stack([_square(self.images[int(i)]['image'], self.size) for i in indices]),
+            self.labels[indices])
+
+
+@dataclasses.dataclass
+class Data:
+  train: Split
+  test: Split
+  classes: list[str]
+
+
+class DataError(ValueError):
+  """A dataset that cannot be read as asked; the message says what to do."""
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """The examples of training step `step`: epoch e = a permutation drawn from (seed, e), batches
+  taken in order, the last partial batch of an epoch dropped. Pure function of its arguments."""
+  per_epoch = n // batch_size
+  if per_epoch < 1:
+    raise DataError(f'batch_size {batch_size} is larger than the {n} training images')
+  epoch, position = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, epoch]).permutation(n)
+  return order[position * batch_size:(position + 1) * batch_size]
+
+
+def get_data(config, tfds_data_dir: str | None = None, progress: bool = True) -> Data:
+  if config.dataset == 'probe_task':
+    return task_data(config.image_size, config.train_images, config.test_images, progress)
+  if config.dataset.startswith('tfds:'):
+    return tfds_data(config.dataset[len('tfds:'):], config.image_size, tfds_data_dir)
+  raise DataError(f'unknown dataset {config.dataset!r}: use probe_task or tfds:<name>')
+
+
+# --- the built-in task ----------------------------------------------------------------------------
+def task_classes(catalogue) -> list[str]:
+  """The object groups of the catalogue, sorted: the task's classes."""
+  return sorted(set(catalogue.group_of.values()))
+
+
+def task_example(catalogue, seed: int, index: int, size: int):
+  """(image, class name or None) of composite `index` of set `seed` rendered at `size` pixels."""
+  from ndjax.probes import composite
+  image, _, _, canvas = composite.render(catalogue, seed, index, size, size)
+  groups, counts = np.unique(canvas.group[canvas.group > 0], return_counts=True)
+  if not len(groups):
+    return image, None
+  names = {n: name for name, n in catalogue.number.items()}
+  return image, names[int(groups[np.argmax(counts)])]
+
+
+_worker = {}
+
+
+def _init(catalogue, seed, size):
+  _worker.update(catalogue=catalogue, seed=seed, size=size)
+
+
+def _render(index):
+  return task_example(_worker['catalogue'], _worker['seed'], index, _worker['size'])
+
+
+def render_split(catalogue, seed: int, n: int, size: int, progress: bool = True,
+                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The first n composites of set `seed` that hold a cut-out: (images, class indices)."""
+  classes = task_classes(catalogue)
+  images, labels = [], []
+  workers = min(2, os.cpu_count() or 1) if workers is None else workers
+  bar = tqdm(total=n, desc=f'training task (seed {seed}, {size} px)', unit='img', file=sys.stderr,
+             disable=not progress)
+  start = 0
+  with multiprocessing.get_context('spawn').Pool(workers, _init, (catalogue, seed, size)) as pool:
+    while len(images) < n:
+      batch = range(start, start + max(64, (n - len(images)) * 5 // 4))
+      for image, name in pool.imap(_render, batch, chunksize=8):
+        if name is not None and len(images) < n:
+          images.append(image)
+          labels.append(classes.index(name))
+          bar.update()
+      start = batch.stop
+  bar.close()
+  return np.stack(images), np.array(labels, np.int32)
+
+
+def task_data(size: int, n_train: int, n_test: int, progress: bool = True) -> Data:
+  from ndjax.fileio import cache_root
+  from ndjax.probes import composite, ingredients
+  catalogue = composite.load_catalogue(ingredients.ensure_ingredients(cache_root(),
+                                                                      progress=progress))
+  splits = {}
+  for name, n in (('train', n_train), ('test', n_test)):
+    path = pathlib.Path(cache_root()) / 'train' / f'{TASK_VERSION}_{name}_n{n}_{size}px.npz'
+    if not path.is_file():
+      images, labels = render_split(catalogue, TASK_SEEDS[name], n, size, progress)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+      with open(tmp, 'wb') as f:
+        np.savez(f, images=images, labels=labels)
+      os.replace(tmp, path)
+    with np.load(path) as z:
+      splits[name] = Split(z['images'], z['labels'], size)
+  return Data(splits['train'], splits['test'], task_classes(catalogue))
+
+
+# --- TFDS -----------------------------------------------------------------------------------------
+def tfds_data(name: str, size: int, data_dir: str | None) -> Data:
+  """A prepared TFDS image-classification dataset, read through `tfds.data_source` (random
+  access on its array_record files, no TensorFlow); images centre-cropped and resized to size."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise DataError('tfds datasets need tensorflow-datasets: pip install -e .[tfds]') from None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    sources = {split: tfds.data_source(name, split=split, data_dir=data_dir)
+               for split in ('train', 'test' if 'test' in builder.info.splits else 'validation')}
+  except Exception as e:           # tfds raises many types for a dataset that is not there
+    raise DataError(f'cannot open TFDS dataset {name!r} under {data_dir}: {e}; prepare it first '
+                    '(tfds build) and pass --tfds_data_dir') from None
+  classes = list(builder.info.features['label'].names)
+  train_source, test_source = sources.values()
+  label = lambda source: np.array([int(source[i]['label']) for i in range(len(source))], np.int32)
+  return Data(Split(train_source, label(train_source), size),
+              Split(test_source, label(test_source), size), classes)
+
+
+def _square(image: np.ndarray, size: int) -> np.ndarray:
+  """Centre crop to a square, resize to size x size (bilinear), uint8 RGB."""
+  from PIL import Image
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=2)
+  h, w = image.shape[:2]
+  s = min(h, w)
+  crop = image[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s, :3]
+  return np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
