@@ -75,9 +75,9 @@ def _main(results: pathlib.Path) -> list[str]:
       f'VGG16 (ImageNet weights) `conv5_3`, {n} probe images (embedded synthetic Broden set, 224 px '
       f'images, 112 px masks), batch {_get(fj, "detail", "batch_size")}, tau 0.005. Load average '
       f'(1 min) of the machine during these runs: {_load_note(*fjs, *fts, *nes, *trs, prof)} on '
-      f'{_machine_cpus(results)} cores — other developers were running tests at the same time, so '
-      f'wall times of separate processes are only comparable at equal load; CPU seconds (all threads '
-      f'of the process) are the steadier measure. '
+      f'{_machine_cpus(results)} cores (a load of ~2 is the measured process alone; wall times of '
+      f'separate processes are only comparable at equal load; CPU seconds, all threads of the '
+      f'process, are the steadier measure). '
       + (f'{n_rounds} rounds ran in opposite orders (ABBA); the targets are read from the '
          'least-loaded complete round.' if n_rounds > 1 else ''), '',
       '### Targets', '',
@@ -170,8 +170,8 @@ def _main(results: pathlib.Path) -> list[str]:
             '| ndjax / PyTorch, peak RSS | ' + per_round(
                 lambda fj, ft, ne, tr: ne['peak_rss_mb'] / tr['peak_rss_mb']) + ' |',
             '', f'Same-run ratio from the profiled ndjax run: (pass 1 + pass 2) / its forward stage = '
-            f'{_f(r1p, 2)}. Round 1 ran at load 6–9 (the processes got about half a core), round 2 '
-            'at load ~2 (both cores): round 2 is the representative wall-clock measurement.']
+            f'{_f(r1p, 2)}. The load averages of the rounds are in the table above: a load of ~2 '
+            'on 2 cores is the measured process alone.']
   # the least-loaded round of each: stage clocks are wall clocks
   by_load = lambda runs: min(runs, key=lambda r: r.get('load_mean') or 99) if runs else None
   ne, tr = by_load(nes), by_load(trs)
@@ -341,7 +341,7 @@ def _best(results: pathlib.Path) -> list[str]:
 
   head = ' | '.join(f'round {i + 1}' for i in range(len(rounds)))
   lines += ['', f'| ratio | {head} |', '|---|' + '---|' * len(rounds),
-            ratio_row('ndjax `dissect()` / bare ndjax forward, wall (target ≤ 1.3)',
+            ratio_row('ndjax `dissect()` / bare ndjax forward, wall (target ≤ 1.05)',
                       lambda fj, ft, ne, tr: ne['detail']['dissect'] / fj['detail']['forward_s']),
             ratio_row('ndjax `dissect()` / bare ndjax forward, CPU',
                       lambda fj, ft, ne, tr: ne['detail']['cpu_s']['dissect'] / _fwd_cpu(fj)),
@@ -451,6 +451,19 @@ def _views_body(d: list[dict]) -> list[str]:
   return lines
 
 
+def _precision_body(d: dict) -> list[str]:
+  return [f'{d["images"]:,} images of the default probe set, {d["layer"]}, each dissection run '
+          'twice in one process (the second reported, compiles excluded).', '',
+          '| | float32 | bfloat16 |', '|---|---|---|',
+          f'| dissection wall s | {_f(d["float32_s"], 1)} | {_f(d["bfloat16_s"], 1)} |',
+          f'| detectors (best IoU > 0.04) | {d["detectors_float32"]} | {d["detectors_bfloat16"]} |',
+          f'| unique detector labels | {d["unique_detectors_float32"]} | '
+          f'{d["unique_detectors_bfloat16"]} |', '',
+          f'Same best label on {100 * d["label_agreement"]:.1f} % of the {d["units_compared"]} '
+          f'units with any IoU; largest change of a unit\'s best IoU {d["max_best_iou_diff"]:.4f}; '
+          f'thresholds move by up to {100 * d["threshold_max_rel_diff"]:.2f} % (relative).']
+
+
 def render(results: pathlib.Path) -> str:
   machine = _load(results, 'machine')
   lines = ['# ndjax vs PyTorch: benchmark results', '',
@@ -498,6 +511,8 @@ def render(results: pathlib.Path) -> str:
                     'memory plan', _load(results, 'memory_plan_broden'), _memory_plan_body)
   lines += _section('The counting pass per view (VGG16 conv5_3)',
                     _load(results, 'count_pass_per_view'), _views_body)
+  lines += _section('`--compute_dtype=bfloat16` against float32 (VGG16 conv5_3)',
+                    _load(results, 'compute_dtype_bf16'), _precision_body)
   lines += ['## Forward-pass settings (bare forward, first images of the main set)', '',
             *_sweep(results), '']
   analysis = results / 'analysis.md'

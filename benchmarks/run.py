@@ -24,6 +24,7 @@ seconds, with its RSS sampled over time and the machine's load average recorded.
            algorithm on ndjax's activations.
   plain    ndjax's VGG16 forward against a plain lax.conv stack of the same weights (A/B pairs).
   views    the counting pass of conv5_3 read through 1 view, 5 taus, and 6 rotation bases.
+  precision  --compute_dtype=bfloat16 against float32 on conv5_3: time, and what it changes.
   memory_plan  the exact-threshold memory plan of all 13 VGG16 conv layers over 63,305 images.
   thresholds  exact thresholds of a conv3_3-shaped layer over whole passes of N and 4N images:
            the old per-batch top_k merge against the top-m set and the histogram selection.
@@ -431,6 +432,42 @@ def worker_views(args) -> None:
   pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
+def worker_precision(args) -> None:
+  """`--compute_dtype=bfloat16` against float32 on the first --limit images of the default probe
+  set: wall time of each dissection (compiles included, in this order: f32, bf16, f32 again, bf16
+  again; the second of each is reported) and what bf16 changes in the results: thresholds,
+  each unit's best label and IoU, and the detectors (best IoU > 0.04)."""
+  import dataclasses
+  from ndjax import api, tally
+  from ndjax.data import broden
+  ds = broden.open_broden(args.dataset)
+  ds = dataclasses.replace(ds, records=ds.records[:args.limit])
+  model = build_ndjax_vgg16()
+  runs, seconds = {}, {}
+  for dtype in ('float32', 'bfloat16', 'float32', 'bfloat16'):
+    t = time.perf_counter()
+    runs[dtype] = api.dissect(model, ds, [args.layers], tau=args.tau, batch_size=args.batch_size,
+                              cache_gb=args.cache_gb, progress=False, compute_dtype=dtype)
+    seconds[dtype] = time.perf_counter() - t
+  res = {d: runs[d].layers[args.layers] for d in runs}
+  lab = {d: tally.label_units(res[d].counts, ds, 'paper') for d in res}
+  l32, l16 = lab['float32'], lab['bfloat16']
+  live = l32.best_iou > 0
+  det32, det16 = l32.best_iou > 0.04, l16.best_iou > 0.04
+  t32, t16 = res['float32'].thresholds, res['bfloat16'].thresholds
+  out = dict(images=len(ds.records), layer=args.layers, float32_s=seconds['float32'],
+             bfloat16_s=seconds['bfloat16'],
+             threshold_max_rel_diff=float(np.max(np.abs(t16 - t32) / np.maximum(np.abs(t32), 1e-12))),
+             label_agreement=float(np.mean(l32.best_label[live] == l16.best_label[live])),
+             units_compared=int(live.sum()),
+             max_best_iou_diff=float(np.abs(l32.best_iou - l16.best_iou).max()),
+             detectors_float32=int(det32.sum()), detectors_bfloat16=int(det16.sum()),
+             unique_detectors_float32=len(set(l32.best_label[det32].tolist())),
+             unique_detectors_bfloat16=len(set(l16.best_label[det16].tolist())))
+  print(out, flush=True)
+  pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+
+
 def worker_memory_plan(args) -> None:
   """The exact-threshold memory plan of every VGG16 conv layer over a Broden-sized probe set
   (63,305 images at 224 px), from the model's real tap shapes and the pipeline's own
@@ -822,6 +859,13 @@ def run_views(args, work: pathlib.Path, env: dict) -> None:
              f'--limit={args.views_images}', '--layers=conv5_3', f'--batch_size={args.batch_size}')
 
 
+def run_precision(args, work: pathlib.Path, env: dict) -> None:
+  from ndjax import api
+  run_worker(args, work, env, 'compute_dtype_bf16', 'worker_precision',
+             f'--dataset={api.open_probe(None, progress=False).root}',
+             f'--limit={args.views_images}', '--layers=conv5_3', f'--batch_size={args.batch_size}')
+
+
 def run_memory_plan(args, work: pathlib.Path, env: dict) -> None:
   run_worker(args, work, env, 'memory_plan_broden', 'worker_memory_plan')
 
@@ -912,9 +956,9 @@ def main() -> None:
 
   parser.add_argument('--only',
                       default='main,scale,exact,cli,sweep,repeat,thresholds,plain,views,'
-                      'memory_plan,best,profile_layers',
+                      'precision,memory_plan,best,profile_layers',
                       help='comma list of: main, scale, exact, cli, sweep, repeat, thresholds, plain, '
-                      'views, memory_plan, best, profile_layers')
+                      'views, precision, memory_plan, best, profile_layers')
   parser.add_argument('--best_jax_batch', type=int, default=8)
   parser.add_argument('--best_jax_flags', default='',
                       help=f'XLA_FLAGS of the best round (the sweep also tries {YNN_FLAGS})')
@@ -973,6 +1017,8 @@ def main() -> None:
     run_plain(args, work, env)
   if 'views' in only:
     run_views(args, work, env)
+  if 'precision' in only:
+    run_precision(args, work, env)
   if 'memory_plan' in only:
     run_memory_plan(args, work, env)
   if 'best' in only:

@@ -234,9 +234,11 @@ def count_batch(acts, threshold, layers, image_labels, label_cat, num_cats: int,
     c = len(a)
     if upsample_impl == 'interpolate':
       up = F.interpolate(a, size=mask_hw, mode='bilinear', align_corners=False)
-    else:      # the separable matrices ndjax uses (y first, then x): bit-level comparison runs
-      up = torch.einsum('bkhw,sh->bksw', a, wy)
-      up = torch.einsum('bksw,tw->bkst', up, wx)
+    else:      # ndjax's separable matrices as its two taps per row (y first, then x), each sum
+      # w_lo * x_lo + w_hi * x_hi rounded the way ndjax rounds it (a BLAS matmul would fuse
+      # multiply-adds and move a pixel sitting on T_k): bit-level comparison runs
+      up = _two_taps(a, wy, axis=2)
+      up = _two_taps(up, wx, axis=3)
     # strict > 0 written straight into a float tensor (4x faster than bool then .float());
     # (c, sh, sw, K) memory order for channels_last: a free (c, X, K) view, pixel-major
     mask = torch.gt(up, 0.0, out=torch.empty_like(up))
@@ -264,6 +266,19 @@ def count_batch(acts, threshold, layers, image_labels, label_cat, num_cats: int,
     totals['act_lite'] += torch.einsum('ck,ckC->kC', act_per_image, touches.float())
     totals['act_pixels'] += act_per_image.sum(0)
   return totals
+
+
+def _two_taps(x: torch.Tensor, w: torch.Tensor, axis: int) -> torch.Tensor:
+  """Apply a bilinear matrix w (S, H) along `axis` of x as lo/hi gathers and one weighted sum."""
+  nz = w != 0
+  lo = nz.float().argmax(dim=1)
+  hi = w.shape[1] - 1 - nz.flip(1).float().argmax(dim=1)
+  rows = torch.arange(w.shape[0])
+  w_lo, w_hi = w[rows, lo], torch.where(hi > lo, w[rows, hi], torch.zeros_like(w[rows, lo]))
+  shape = [1] * x.dim()
+  shape[axis] = -1
+  return (x.index_select(axis, lo) * w_lo.view(shape)
+          + x.index_select(axis, hi) * w_hi.view(shape))
 
 
 class LabelRenumbering:
