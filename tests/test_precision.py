@@ -6,11 +6,10 @@ import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
-from ndjax import iou, models, upsample
+from ndjax import iou, models, tiles, upsample
 from ndjax.models import layers
 
 # A StableHLO convolution prints `precision_config = [#stablehlo<precision HIGHEST>, ...]`, a
@@ -65,3 +64,23 @@ def test_count_kernel_products():
   assert rest and all(_highest(op) for op in rest), rest
   masks = _products(upsample.threshold_masks, *args[:4])
   assert len(masks) == 2 and all(_highest(op) for op in masks)
+
+
+def test_hot_tile_kernel_products():
+  """The hot-tile count interpolates elementwise in f32 (no product at all) and has exactly one
+  0/1 matmul, bf16 x bf16 -> f32 (exact)."""
+  b, h, w, k, ci, cats, blocks = 2, 7, 7, 5, 8, 3, tiles.BLOCKS
+  f32, i32 = jnp.float32, jnp.int32
+  taps = [upsample.two_taps(upsample.interpolation_matrix(20, n, 1.5, 3.0)) for n in (h, w)]
+  geometry = tiles.tiles(*taps)
+  side = dict(side=jax.ShapeDtypeStruct((b, 400, ci + cats + 1), jnp.bool_),
+              ids=jax.ShapeDtypeStruct((b, ci), i32),
+              img_cat=jax.ShapeDtypeStruct((b, cats), jnp.bool_),
+              relevant=jax.ShapeDtypeStruct((b, cats), jnp.bool_))
+  def count(acts, thr, side, image, tile, units):
+    return iou._count_tiles(acts, thr, geometry.device, side, image, tile, units, num_local=16)
+  ops = _products(count, jax.ShapeDtypeStruct((b, h, w, k), f32), jax.ShapeDtypeStruct((k,), f32),
+                  side, jax.ShapeDtypeStruct((blocks,), i32), jax.ShapeDtypeStruct((blocks,), i32),
+                  jax.ShapeDtypeStruct((blocks, tiles.ROWS), i32))
+  assert len(ops) == 1, ops
+  assert re.search(r'\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\)', ops[0]) and 'xf32>' in ops[0]
