@@ -24,6 +24,8 @@ MODELS = {
     'alexnet_nodropout': convstack.alexnet_nodropout,
     'alexnet_gap_wide': convstack.alexnet_gap_wide,
     'alexnet_gap_wideall': convstack.alexnet_gap_wideall,
+    'alexnet_gap_wide1024': convstack.alexnet_gap_wide1024,      # Fig 24's wider conv5
+    'alexnet_gap_wide2048': convstack.alexnet_gap_wide2048,
 }
 
 # The default layer per model: the paper's last conv layer (post-ReLU) or the final features.
@@ -41,6 +43,8 @@ DEFAULT_LAYERS = {
     'alexnet_nodropout': ('conv5',),
     'alexnet_gap_wide': ('conv5',),
     'alexnet_gap_wideall': ('conv5',),
+    'alexnet_gap_wide1024': ('conv5',),
+    'alexnet_gap_wide2048': ('conv5',),
 }
 
 

@@ -198,6 +198,12 @@ alexnet_nodropout = functools.partial(_alexnet_like, ALEXNET_OPS, name='alexnet_
 alexnet_gap_wide = functools.partial(
     _alexnet_like, alexnet_ops((64, 192, 384, 256, 768), pool5=False), name='alexnet_gap_wide',
     classifier=GAP_CLASSIFIER, pool_size=1)
+alexnet_gap_wide1024 = functools.partial(
+    _alexnet_like, alexnet_ops((64, 192, 384, 256, 1024), pool5=False),
+    name='alexnet_gap_wide1024', classifier=GAP_CLASSIFIER, pool_size=1)
+alexnet_gap_wide2048 = functools.partial(
+    _alexnet_like, alexnet_ops((64, 192, 384, 256, 2048), pool5=False),
+    name='alexnet_gap_wide2048', classifier=GAP_CLASSIFIER, pool_size=1)
 alexnet_gap_wideall = functools.partial(
     _alexnet_like, alexnet_ops((64, 576, 1152, 768, 768), pool5=False),
     name='alexnet_gap_wideall', classifier=GAP_CLASSIFIER, pool_size=1)

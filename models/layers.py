@@ -356,7 +356,9 @@ def _pool_geometry(size: int, kernel: int, stride: int, padding: int,
       out -= 1
   else:
     out = span // stride + 1
-  return out, (out - 1) * stride + kernel - size - padding
+  # never negative: input cells past the last window are simply unused (a negative pad would crop
+  # them, which the forward allows but reduce_window's gradient does not)
+  return out, max((out - 1) * stride + kernel - size - padding, 0)
 
 
 def max_pool(x, kernel: int, stride: int | None = None, padding: int = 0, ceil_mode: bool = False):

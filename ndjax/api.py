@@ -80,6 +80,20 @@ def set_weights(model: LoadedModel, weights: str) -> LoadedModel:
   return model
 
 
+def weights_arch(weights: str | None) -> str | None:
+  """The zoo model a checkpoint directory was saved from (its manifest's arch: a training
+  snapshot records its variant), or None for anything else."""
+  import ndjax.ported_weights.checkpoint as checkpoint
+  from ndjax import models
+  if not weights or not os.path.isfile(os.path.join(weights, checkpoint.MANIFEST_FILE)):
+    return None
+  try:
+    arch = checkpoint.read_manifest(weights).get('arch')
+  except checkpoint.WeightsError as e:
+    raise NdjaxError(str(e)) from None
+  return arch if arch in models.MODELS else None
+
+
 def load_model(name: str, weights: str | None = None, seed: int = 0) -> LoadedModel:
   """A zoo model with its weights (default: 'imagenet' where it exists, else 'random')."""
   return set_weights(build_model(name, seed), weights or default_weights(name))

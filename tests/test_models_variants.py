@@ -35,6 +35,8 @@ def test_baseline_is_torchvision_alexnet():
     ('alexnet_nodropout', (64, 192, 384, 256, 256), False, False),
     ('alexnet_gap_wide', (64, 192, 384, 256, 768), True, False),
     ('alexnet_gap_wideall', (64, 576, 1152, 768, 768), True, False),
+    ('alexnet_gap_wide1024', (64, 192, 384, 256, 1024), True, False),
+    ('alexnet_gap_wide2048', (64, 192, 384, 256, 2048), True, False),
 ])
 def test_variant_layers_and_parameters(name, widths, gap, bn):
   model = models.MODELS[name](rngs=nnx.Rngs(0), num_classes=10)

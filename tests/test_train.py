@@ -178,7 +178,7 @@ def test_builtin_task_is_deterministic_and_labels_what_is_drawn():
     pytest.skip(f'probe ingredients unavailable: {e}')
   classes = input_pipeline.task_classes(catalogue)
   assert len(classes) >= 10
-  seed = input_pipeline.TASK_SEEDS['train']
+  seed = input_pipeline.TASK_SEEDS['probe_task']['train']
   seen = 0
   for index in range(12):
     image, name = input_pipeline.task_example(catalogue, seed, index, 64)
@@ -195,3 +195,116 @@ def test_builtin_task_is_deterministic_and_labels_what_is_drawn():
     by_number = {n: label for label, n in catalogue.number.items()}
     assert by_number[int(numbers[np.argmax(counts)])] == name
   assert seen >= 4
+
+
+def test_material_task_labels_the_largest_material():
+  """The fine-tuning label set: the class is the material covering the most pixels, read back
+  from the probe generator's own material mask of the same composite."""
+  from ndjax.fileio import cache_root
+  from ndjax.probes import composite, ingredients
+  try:
+    catalogue = composite.load_catalogue(ingredients.ensure_ingredients(cache_root(),
+                                                                        progress=False))
+  except ingredients.IngredientError as e:
+    pytest.skip(f'probe ingredients unavailable: {e}')
+  task = 'probe_task_material'
+  classes = input_pipeline.task_classes(catalogue, task)
+  assert len(classes) >= 10 and len(set(classes) & set(input_pipeline.task_classes(catalogue))) <= 1
+  seed = input_pipeline.TASK_SEEDS[task]['train']
+  by_number = {n: label for label, n in catalogue.number.items()}
+  seen = 0
+  for index in range(16):
+    _, name = input_pipeline.task_example(catalogue, seed, index, 64, task)
+    _, masks, _, _ = composite.render(catalogue, seed, index, 64, 64)
+    if name is None:
+      assert 'material' not in masks
+      continue
+    seen += 1
+    material = masks['material'][0]
+    numbers, counts = np.unique(material[material > 0], return_counts=True)
+    assert by_number[int(numbers[np.argmax(counts)])] == name and name in classes
+  assert seen >= 5
+
+
+def test_rerun_with_another_config_is_refused(tmp_path, monkeypatch):
+  data = toy_data()
+  run_with_tiny(tmp_path, config(total_steps=2), data, monkeypatch).train()
+  with pytest.raises(train.TrainError, match="learning_rate: 0.05 -> 0.1"):
+    run_with_tiny(tmp_path, config(total_steps=2, learning_rate=0.1), data, monkeypatch).train()
+
+
+@pytest.mark.parametrize('size,kernel,stride,ceil', [(6, 3, 2, False), (7, 3, 2, True),
+                                                     (13, 3, 2, False)])
+def test_max_pool_gradient_equals_torch(size, kernel, stride, ceil):
+  """AlexNet at 112 px pools a 6x6 map with kernel 3 stride 2: the last row and column are in no
+  window. The forward and the gradient (which a negative padding used to break) equal torch's."""
+  torch = pytest.importorskip('torch')
+  from ndjax.models import layers
+  x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+  out = layers.max_pool(x, kernel, stride, 0, ceil)
+  weights = np.random.default_rng(1).normal(size=out.shape).astype(np.float32)
+  grad = jax.grad(lambda v: (layers.max_pool(v, kernel, stride, 0, ceil) * weights).sum())(x)
+  t = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+  t_out = torch.nn.functional.max_pool2d(t, kernel, stride, 0, ceil_mode=ceil)
+  (t_out * torch.tensor(weights.transpose(0, 3, 1, 2))).sum().backward()
+  np.testing.assert_allclose(np.asarray(out), t_out.detach().numpy().transpose(0, 2, 3, 1))
+  np.testing.assert_allclose(np.asarray(grad), t.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6)
+
+
+def _toy_tfds(data_dir):
+  """A prepared TFDS image-classification dataset on disk (array_record, PNG-encoded images of
+  odd sizes, a ClassLabel): what `tfds build` leaves for a user. Built with PNG bytes, which needs
+  no TensorFlow (tfds.testing.mock_data encodes its random images with TensorFlow, which the test
+  extra does not install)."""
+  import io
+  import tensorflow_datasets as tfds
+  from PIL import Image
+
+  class NdjaxToyClasses(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(None, None, 3)),
+          'label': tfds.features.ClassLabel(names=['ant', 'bee', 'cat'])}))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples(0, 20), 'test': self._generate_examples(1, 7)}
+
+    def _generate_examples(self, seed, n):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        out = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), np.uint8)).save(out, format='PNG')
+        yield i, {'image': out.getvalue(), 'label': int(rng.integers(3))}
+
+  NdjaxToyClasses(data_dir=str(data_dir), file_format='array_record').download_and_prepare()
+  return 'ndjax_toy_classes'
+
+
+def test_tfds_dataset_through_data_source(tmp_path):
+  """A prepared TFDS classification dataset read through tfds.data_source: the labels (read
+  without decoding the images) and the centre-cropped, resized images equal the records', the
+  class names come from the metadata, and a missing dataset is one clear error."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from PIL import Image
+  name = _toy_tfds(tmp_path / 'tfds')
+  data = input_pipeline.get_data(config(dataset=f'tfds:{name}', image_size=16),
+                                 str(tmp_path / 'tfds'))
+  assert data.classes == ['ant', 'bee', 'cat']
+  for split, n in ((data.train, 20), (data.test, 7)):
+    source = tfds.data_source(name, split='train' if n == 20 else 'test',
+                              data_dir=str(tmp_path / 'tfds'))
+    assert len(split) == len(source) == n
+    np.testing.assert_array_equal(split.labels, [int(source[i]['label']) for i in range(n)])
+  images, labels = data.train.get(np.array([3, 11]))
+  assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+  raw = tfds.data_source(name, split='train', data_dir=str(tmp_path / 'tfds'))[11]['image']
+  h, w = raw.shape[:2]
+  assert h > w == 30                                       # a centre crop of the rows
+  top = (h - w) // 2
+  expected = np.asarray(Image.fromarray(raw[top:top + w]).resize((16, 16), Image.BILINEAR))
+  np.testing.assert_array_equal(images[1], expected)
+  np.testing.assert_array_equal(labels, data.train.labels[[3, 11]])
+  with pytest.raises(input_pipeline.DataError, match='cannot open TFDS dataset'):
+    input_pipeline.get_data(config(dataset='tfds:no_such_dataset_here'), str(tmp_path))

@@ -131,6 +131,9 @@ class Experiment:
     self.runs = self.outdir / 'runs'
     self._ds = None
     self.probe_images: int | None = None     # for experiments that never open the probe set
+    # (images, size): the built-in composite set of that many images at that size (the training
+    # studies' presets), instead of --probe's default set
+    self.probe_spec: tuple[int, int] | None = None
     self.reused: list[str] = []
     self.computed: list[str] = []
     self.reused_seconds = 0.0      # what the reused dissections took when they ran
@@ -141,7 +144,10 @@ class Experiment:
     """The probe set (opened once; the first --images records when asked)."""
     if self._ds is None:
       from ndjax import api
-      ds = api.open_probe(FLAGS.dataset, probe=FLAGS.probe, progress=FLAGS.progress)
+      if self.probe_spec and not FLAGS.dataset:
+        ds = _composite(*self.probe_spec)
+      else:
+        ds = api.open_probe(FLAGS.dataset, probe=FLAGS.probe, progress=FLAGS.progress)
       if FLAGS.images < 0:
         raise ExperimentError(f'--images={FLAGS.images} must be >= 0 (0 = all)')
       if FLAGS.images:
@@ -155,16 +161,20 @@ class Experiment:
   def probe_identity(self) -> dict:
     """What a reused folder must have been dissected over: this probe set and image count."""
     where = os.path.abspath(FLAGS.dataset) if FLAGS.dataset else f'built-in {FLAGS.probe}'
+    if not FLAGS.dataset and self.probe_spec:
+      where = f'built-in composite {self.probe_spec[1]}px'
     return {'dataset': where, 'images': len(self.ds.records)}
 
-  def run_dir(self, net: Network) -> pathlib.Path:
+  def run_dir(self, net: Network, name: str | None = None) -> pathlib.Path:
     from ndjax import api
-    return self.runs / api.run_name(net.model, net.weights, net.seed)
+    return self.runs / (name or api.run_name(net.model, net.weights, net.seed))
 
   # --- dissections -------------------------------------------------------------------------------
-  def dissect(self, net: Network, layers: Sequence[str], views=None, **options) -> dict:
+  def dissect(self, net: Network, layers: Sequence[str], views=None, name: str | None = None,
+              **options) -> dict:
     """{(layer, view name): ViewDir} for every layer x view, dissecting only when some folder is
-    missing or incomplete (results.json and counts.npz are written last and atomically)."""
+    missing or incomplete (results.json and counts.npz are written last and atomically).
+    name: the run folder under runs/ (default <model>_<weights>[_s<seed>])."""
     from ndjax import api, results
     from ndjax import views as views_lib
     model = api.load_model(net.model, net.weights, net.seed)
@@ -172,7 +182,7 @@ class Experiment:
     spec = views or views_lib.ViewSpec()
     wanted = {(layer, v.name): (v.folder(layer), v) for layer in layers
               for v in views_lib.build(spec, model.module.channels(layer))}
-    run_dir = self.run_dir(net)
+    run_dir = self.run_dir(net, name)
 
     def complete(folder: str, view) -> bool:
       """Written to the end (results.json and counts.npz come last, atomically) by the same
@@ -248,6 +258,20 @@ class Experiment:
             f'images. Numbers: results.csv, results.json.\n\n{readme.strip()}\n\n'
             + '\n\n'.join(shown) + '\n')
     fileio.atomic_write(self.outdir / 'README.md', text.encode())
+
+
+def _composite(images: int, size: int):
+  """The built-in real-photo composite set of `images` images rendered at `size` px."""
+  from ndjax import api
+  from ndjax.data import open_dataset
+  from ndjax.fileio import cache_root
+  from ndjax.probes import composite, ingredients
+  try:
+    return open_dataset(str(composite.ensure_composite_set(
+        cache_root(), images, progress=FLAGS.progress, image_size=size)))
+  except (ingredients.IngredientError, OSError, ValueError) as e:
+    raise api.NdjaxError(f'cannot build the {size} px composite probe set: '
+                         f'{" ".join(str(e).split())}') from None
 
 
 def _flag_values() -> dict:

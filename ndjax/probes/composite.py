@@ -544,18 +544,22 @@ def generate(out_dir, catalogue: Catalogue, n_images: int = DEFAULT_IMAGES, seed
 
 
 # --------------------------------------------------------------------------------------------------
-def probe_set_path(cache_root, n_images: int = DEFAULT_IMAGES, seed: int = 0) -> pathlib.Path:
-  return pathlib.Path(cache_root) / 'probe' / f'{VERSION}_n{n_images}_s{seed}'
+def probe_set_path(cache_root, n_images: int = DEFAULT_IMAGES, seed: int = 0,
+                   image_size: int = IMAGE_SIZE) -> pathlib.Path:
+  size = '' if image_size == IMAGE_SIZE else f'_{image_size}px'
+  return pathlib.Path(cache_root) / 'probe' / f'{VERSION}_n{n_images}_s{seed}{size}'
 
 
 def ensure_composite_set(cache_root, n_images: int = DEFAULT_IMAGES, seed: int = 0,
-                         progress: bool = True) -> pathlib.Path:
-  """<cache_root>/probe/composite_v1_n<N>_s<seed>, fetched and built first if it is not there.
+                         progress: bool = True, image_size: int = IMAGE_SIZE) -> pathlib.Path:
+  """<cache_root>/probe/composite_v1_n<N>_s<seed>[_<size>px], fetched and built first if it is not
+  there. Another `image_size` renders the same compositions at that size (masks at
+  min(MASK_SIZE, image_size)): the probe set of networks trained at a reduced resolution.
 
   Raises ingredients.IngredientError when the ingredients cannot be fetched or verified.
   """
   from ndjax.probes import contact_sheet, ingredients
-  path = probe_set_path(cache_root, n_images, seed)
+  path = probe_set_path(cache_root, n_images, seed, image_size)
   if (path / 'index.csv').is_file():
     if not contact_sheet.sheet_path(path).is_file():   # a build killed after publishing the set
       contact_sheet.write_contact_sheet(path)
@@ -565,7 +569,8 @@ def ensure_composite_set(cache_root, n_images: int = DEFAULT_IMAGES, seed: int =
   path.parent.mkdir(parents=True, exist_ok=True)
   synthetic._remove_stale_partials(path)
   try:
-    generate(path, catalogue, n_images, seed, progress=progress, overwrite=path.exists())
+    generate(path, catalogue, n_images, seed, image_size, min(MASK_SIZE, image_size),
+             progress=progress, overwrite=path.exists())
   except FileExistsError:        # a concurrent build finished first: use its result
     if not (path / 'index.csv').is_file():
       raise

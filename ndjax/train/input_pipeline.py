@@ -9,6 +9,10 @@ the class of an image is the object GROUP (bird, fruit, vehicle, ...) that cover
 of it, i.e. the group of its largest visible cut-out. Images without a cut-out are skipped
 (deterministically: indices are tried in order). Rendering costs ~20 ms an image, so each split is
 rendered once into the cache as an .npz (written under a temporary name, then renamed).
+
+A second label set for fine-tuning (`probe_task_material`, the paper's change of task): the
+MATERIAL that covers the most pixels (bark, brick, ..., wood; 19 classes), on images of other
+seeds; images without a material pixel are skipped.
 """
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-TASK_VERSION = 'probe_task_v1'
-TASK_SEEDS = {'train': 1_000_003, 'test': 1_000_033}
+TASK_VERSION = 'v1'
+# Seeds far from the probe sets' (0 by default): no training image is a probe image.
+TASK_SEEDS = {'probe_task': {'train': 1_000_003, 'test': 1_000_033},
+              'probe_task_material': {'train': 1_000_037, 'test': 1_000_039}}
 
 
 @dataclasses.dataclass
@@ -64,51 +70,60 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
 
 
 def get_data(config, tfds_data_dir: str | None = None, progress: bool = True) -> Data:
-  if config.dataset == 'probe_task':
-    return task_data(config.image_size, config.train_images, config.test_images, progress)
+  if config.dataset in TASK_SEEDS:
+    return task_data(config.image_size, config.train_images, config.test_images, progress,
+                     config.dataset)
   if config.dataset.startswith('tfds:'):
     return tfds_data(config.dataset[len('tfds:'):], config.image_size, tfds_data_dir)
-  raise DataError(f'unknown dataset {config.dataset!r}: use probe_task or tfds:<name>')
+  raise DataError(f'unknown dataset {config.dataset!r}: use {", ".join(TASK_SEEDS)} or '
+                  'tfds:<name>')
 
 
 # --- the built-in task ----------------------------------------------------------------------------
-def task_classes(catalogue) -> list[str]:
-  """The object groups of the catalogue, sorted: the task's classes."""
+def task_classes(catalogue, task: str = 'probe_task') -> list[str]:
+  """The task's classes, sorted: the catalogue's object groups, or its materials."""
+  if task == 'probe_task_material':
+    return sorted({tile.material for tile in catalogue.tiles if tile.material})
   return sorted(set(catalogue.group_of.values()))
 
 
-def task_example(catalogue, seed: int, index: int, size: int):
-  """(image, class name or None) of composite `index` of set `seed` rendered at `size` pixels."""
+def task_example(catalogue, seed: int, index: int, size: int, task: str = 'probe_task'):
+  """(image, class name or None) of composite `index` of set `seed` rendered at `size` pixels:
+  the label covering the most pixels of the task's map (object groups or materials)."""
   from ndjax.probes import composite
   image, _, _, canvas = composite.render(catalogue, seed, index, size, size)
-  groups, counts = np.unique(canvas.group[canvas.group > 0], return_counts=True)
-  if not len(groups):
+  labels = canvas.material if task == 'probe_task_material' else canvas.group
+  found, counts = np.unique(labels[labels > 0], return_counts=True)
+  if not len(found):
     return image, None
   names = {n: name for name, n in catalogue.number.items()}
-  return image, names[int(groups[np.argmax(counts)])]
+  return image, names[int(found[np.argmax(counts)])]     # ties: the lower label number
 
 
 _worker = {}
 
 
-def _init(catalogue, seed, size):
-  _worker.update(catalogue=catalogue, seed=seed, size=size)
+def _init(catalogue, seed, size, task):
+  _worker.update(catalogue=catalogue, seed=seed, size=size, task=task)
 
 
 def _render(index):
-  return task_example(_worker['catalogue'], _worker['seed'], index, _worker['size'])
+  return task_example(_worker['catalogue'], _worker['seed'], index, _worker['size'],
+                      _worker['task'])
 
 
 def render_split(catalogue, seed: int, n: int, size: int, progress: bool = True,
-                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """The first n composites of set `seed` that hold a cut-out: (images, class indices)."""
-  classes = task_classes(catalogue)
+                 workers: int | None = None,
+                 task: str = 'probe_task') -> tuple[np.ndarray, np.ndarray]:
+  """The first n composites of set `seed` that hold a label of the task: (images, classes)."""
+  classes = task_classes(catalogue, task)
   images, labels = [], []
   workers = min(2, os.cpu_count() or 1) if workers is None else workers
   bar = tqdm(total=n, desc=f'training task (seed {seed}, {size} px)', unit='img', file=sys.stderr,
              disable=not progress)
   start = 0
-  with multiprocessing.get_context('spawn').Pool(workers, _init, (catalogue, seed, size)) as pool:
+  with multiprocessing.get_context('spawn').Pool(workers, _init,
+                                                 (catalogue, seed, size, task)) as pool:
     while len(images) < n:
       batch = range(start, start + max(64, (n - len(images)) * 5 // 4))
       for image, name in pool.imap(_render, batch, chunksize=8):
@@ -121,16 +136,19 @@ def render_split(catalogue, seed: int, n: int, size: int, progress: bool = True,
   return np.stack(images), np.array(labels, np.int32)
 
 
-def task_data(size: int, n_train: int, n_test: int, progress: bool = True) -> Data:
+def task_data(size: int, n_train: int, n_test: int, progress: bool = True,
+              task: str = 'probe_task') -> Data:
   from ndjax.fileio import cache_root
   from ndjax.probes import composite, ingredients
   catalogue = composite.load_catalogue(ingredients.ensure_ingredients(cache_root(),
                                                                       progress=progress))
   splits = {}
   for name, n in (('train', n_train), ('test', n_test)):
-    path = pathlib.Path(cache_root()) / 'train' / f'{TASK_VERSION}_{name}_n{n}_{size}px.npz'
+    path = (pathlib.Path(cache_root()) / 'train'
+            / f'{task}_{TASK_VERSION}_{name}_n{n}_{size}px.npz')
     if not path.is_file():
-      images, labels = render_split(catalogue, TASK_SEEDS[name], n, size, progress)
+      images, labels = render_split(catalogue, TASK_SEEDS[task][name], n, size, progress,
+                                    task=task)
       path.parent.mkdir(parents=True, exist_ok=True)
       tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
       with open(tmp, 'wb') as f:
@@ -138,29 +156,37 @@ def task_data(size: int, n_train: int, n_test: int, progress: bool = True) -> Da
       os.replace(tmp, path)
     with np.load(path) as z:
       splits[name] = Split(z['images'], z['labels'], size)
-  return Data(splits['train'], splits['test'], task_classes(catalogue))
+  return Data(splits['train'], splits['test'], task_classes(catalogue, task))
 
 
 # --- TFDS -----------------------------------------------------------------------------------------
 def tfds_data(name: str, size: int, data_dir: str | None) -> Data:
   """A prepared TFDS image-classification dataset, read through `tfds.data_source` (random
-  access on its array_record files, no TensorFlow); images centre-cropped and resized to size."""
+  access on its array_record files, no TensorFlow); images centre-cropped and resized to size.
+  The labels are read once with the images left undecoded (`SkipDecoding`)."""
   try:
     import tensorflow_datasets as tfds
   except ImportError:
     raise DataError('tfds datasets need tensorflow-datasets: pip install -e .[tfds]') from None
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-    sources = {split: tfds.data_source(name, split=split, data_dir=data_dir)
-               for split in ('train', 'test' if 'test' in builder.info.splits else 'validation')}
+    features = builder.info.features
+    if 'image' not in features or 'label' not in features:
+      raise DataError(f'TFDS dataset {name!r} has features {", ".join(features)}; training needs '
+                      'an image classification dataset with "image" and "label"')
+    splits = ('train', 'test' if 'test' in builder.info.splits else 'validation')
+    open_split = lambda split, **kw: tfds.data_source(name, split=split, data_dir=data_dir, **kw)
+    sources = [open_split(split) for split in splits]
+    label_sources = [open_split(split, decoders={'image': tfds.decode.SkipDecoding()})
+                     for split in splits]
+  except DataError:
+    raise
   except Exception as e:           # tfds raises many types for a dataset that is not there
     raise DataError(f'cannot open TFDS dataset {name!r} under {data_dir}: {e}; prepare it first '
                     '(tfds build) and pass --tfds_data_dir') from None
-  classes = list(builder.info.features['label'].names)
-  train_source, test_source = sources.values()
-  label = lambda source: np.array([int(source[i]['label']) for i in range(len(source))], np.int32)
-  return Data(Split(train_source, label(train_source), size),
-              Split(test_source, label(test_source), size), classes)
+  classes = list(features['label'].names)
+  labels = [np.array([int(r['label']) for r in source], np.int32) for source in label_sources]
+  return Data(Split(sources[0], labels[0], size), Split(sources[1], labels[1], size), classes)
 
 
 def _square(image: np.ndarray, size: int) -> np.ndarray:
@@ -168,7 +194,9 @@ def _square(image: np.ndarray, size: int) -> np.ndarray:
   from PIL import Image
   image = np.asarray(image)
   if image.ndim == 2:
-    image = np.repeat(image[..., None], 3, axis=2)
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=2)
   h, w = image.shape[:2]
   s = min(h, w)
   crop = image[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s, :3]

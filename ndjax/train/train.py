@@ -198,7 +198,15 @@ class Run:
   def train(self, stop_at: int | None = None) -> dict:
     """Train to config.total_steps (or `stop_at`, for tests of resumption); -> last metrics."""
     c = self.config
-    (self.workdir / 'config.json').write_text(json.dumps(c.to_dict(), indent=1, sort_keys=True))
+    config_path = self.workdir / 'config.json'
+    wanted = json.dumps(c.to_dict(), indent=1, sort_keys=True)
+    if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(wanted):
+      old = json.loads(config_path.read_text())
+      diff = ', '.join(f'{k}: {old.get(k)!r} -> {v!r}' for k, v in sorted(c.to_dict().items())
+                       if old.get(k) != v)
+      raise TrainError(f'{self.workdir} holds a run of another config ({diff}); give this run '
+                       'its own --workdir, or delete that folder to start over')
+    config_path.write_text(wanted)
     self.restore()
     end = c.total_steps if stop_at is None else min(stop_at, c.total_steps)
     lr = schedule(c)
