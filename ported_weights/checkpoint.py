@@ -209,7 +209,7 @@ def load_into(model: nnx.Module, ckpt_dir: str | os.PathLike) -> dict[str, Any]:
   check the model takes on the checkpoint's structure (`adapt_model`: preprocessing, head, trunk
   end), which is part of what the weights are.
   """
-  ckpt_dir = Path(ckpt_dir).expanduser()
+  ckpt_dir = Path(ckpt_dir).expanduser().absolute()     # Orbax refuses relative paths
   manifest = read_manifest(ckpt_dir)
   arch = model_arch(model)
   if manifest.get('arch') != arch:

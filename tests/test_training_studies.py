@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
 
 from ndjax import api, tally
-from tests.conftest import ndjax_module
+from tests.conftest import REPO, ndjax_module
 
 
 def test_label_history_by_hand():
@@ -137,7 +138,8 @@ def test_width_and_regularization_reuse_the_baseline(smoke):
   from ndjax.experiments import training
   snapshot = smoke / 'train' / 'smoke' / 'alexnet_gap_wide_s0' / 'snapshots' / '12'
   probe = smoke_probe().root
-  r = ndjax_module('ndjax.main', f'--weights={snapshot}', f'--dataset={probe}', '--noprogress',
+  relative = os.path.relpath(snapshot, REPO)     # from the command's cwd: Orbax wants absolute
+  r = ndjax_module('ndjax.main', f'--weights={relative}', f'--dataset={probe}', '--noprogress',
                    f'--outdir={smoke}/cli', '--noreport')
   assert r.returncode == 0, r.stderr[-2000:]
   assert f'conv5: {rows[1]["detectors"]}/768 units are detectors' in r.stdout

@@ -65,7 +65,7 @@ class Study:
     if not FLAGS.dataset:
       exp.probe_spec = (self.preset.probe_images, self.preset.probe_size)
     self.root = pathlib.Path(FLAGS.train_dir or os.path.join('ndjax_experiments', 'train_runs'),
-                             FLAGS.preset)
+                             FLAGS.preset).absolute()
     self._data = {}
     self.trained: list[str] = []
 
