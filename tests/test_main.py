@@ -130,9 +130,15 @@ def test_wrong_weights(dataset, tmp_path):
           f'checkpoint.save_checkpoint(models.build("vgg16_bn"), r"{tmp_path / "bn"}", '
           'source="test", source_sha256="0")')
   subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO, capture_output=True)
-  r = ndjax(f'--weights={tmp_path / "bn"}', f'--dataset={dataset}', f'--outdir={tmp_path / "o"}')
+  r = ndjax('--model=vgg16', f'--weights={tmp_path / "bn"}', f'--dataset={dataset}',
+            f'--outdir={tmp_path / "o"}')
   _assert_one_line_error(r, 'vgg16_bn')
   assert not (tmp_path / 'o').exists()
+  # without --model, the checkpoint's own arch is used
+  r = ndjax(f'--weights={tmp_path / "bn"}', f'--dataset={dataset}', f'--outdir={tmp_path / "o"}')
+  assert r.returncode == 0, r.stderr
+  doc = json.loads((tmp_path / 'o' / 'vgg16_bn_bn' / 'conv5_3' / 'results.json').read_text())
+  assert doc['resolved']['model'] == 'vgg16_bn'
 
 
 def test_corrupt_image_mid_run(dataset, tmp_path):

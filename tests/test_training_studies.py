@@ -47,6 +47,19 @@ def test_variants_and_their_errors():
     width.variants(['999'])
 
 
+def test_presets_train_at_their_probe_size():
+  """Each preset's config has every field of the default config, and trains at the resolution its
+  probe set is rendered at (a network dissected at another scale than it saw would mislead)."""
+  import importlib
+  from ndjax.experiments import training
+  from ndjax.train.configs import default
+  for name, preset in training.PRESETS.items():
+    c = importlib.import_module(f'ndjax.train.configs.{preset.config}').get_config()
+    assert set(c.keys()) == set(default.get_config().keys()), name
+    assert c.image_size == preset.probe_size, name
+    assert preset.finetune_dataset != c.dataset, name
+
+
 # --- end to end with the smoke preset -------------------------------------------------------------
 @pytest.fixture(scope='module')
 def smoke(tmp_path_factory):

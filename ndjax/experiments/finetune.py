@@ -22,7 +22,7 @@ from absl import flags
 from ndjax.experiments import common, training
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('directions', ['forward', 'reverse'], 'forward: object groups -> the preset\'s second label '
+flags.DEFINE_list('directions', ['forward'], 'forward: object groups -> the preset\'s second label '
                   'set; reverse: that set -> object groups.')
 flags.DEFINE_integer('examples', 3, 'Example units per class in the before/after strip.')
 

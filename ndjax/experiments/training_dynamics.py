@@ -59,7 +59,10 @@ def figure(steps, per_step_unique, accuracies, chance, categories):
   for a, title, ylabel in ((ax, 'unique detectors', 'unique detectors'),
                            (acc, 'test accuracy', '%')):
     a.set_xscale('symlog', linthresh=1)
-    a.set(title=title, xlabel='training step', ylabel=ylabel)
+    a.set_xlim(-0.3, max(x) * 1.4)
+    a.minorticks_off()
+    a.set_xticks(x, [str(s) for s in steps], fontsize=7)
+    a.set(title=title, xlabel='training step (log axis; 0 at the left)', ylabel=ylabel)
     a.grid(alpha=0.3)
     a.legend(fontsize=8)
   return fig
@@ -140,7 +143,7 @@ def main(argv):
     lines.append(f'  - unit {k}: {h["final"] or "no detector"} (first seen at step '
                  f'{h["first_seen"]}, held since {h["stable_since"]}; categories '
                  f'{" -> ".join(h["categories"]) or "none"})')
-  readme = ('## Headline\n\n' + '\n'.join(lines) + '\n\nunits_history in results.json has every '
+  readme = ('## Headline\n\n' + '\n'.join(lines) + '\n\nall_units_history in results.json has every '
             'unit; label_history in this module defines the fields.')
   exp.write(rows, summary, {'fig18_dynamics': figure(steps, per_step_unique, accuracies, chance,
                                                      categories),
