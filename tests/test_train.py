@@ -227,10 +227,24 @@ def test_material_task_labels_the_largest_material():
 
 
 def test_rerun_with_another_config_is_refused(tmp_path, monkeypatch):
+  """A workdir holds one run: another learning rate is refused (naming the field); how often to
+  log or checkpoint may change; a field an older config lacked counts as its default."""
+  import json
   data = toy_data()
   run_with_tiny(tmp_path, config(total_steps=2), data, monkeypatch).train()
   with pytest.raises(train.TrainError, match="learning_rate: 0.05 -> 0.1"):
     run_with_tiny(tmp_path, config(total_steps=2, learning_rate=0.1), data, monkeypatch).train()
+  run_with_tiny(tmp_path, config(total_steps=2, log_every=2, checkpoint_every=1), data,
+                monkeypatch).train()
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['log_every'] == 2
+  del saved['label_smoothing']                             # an older config without the field
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  run_with_tiny(tmp_path, config(total_steps=2, log_every=2, checkpoint_every=1), data,
+                monkeypatch).train()
+  (tmp_path / 'config.json').write_text('{"trunc')
+  with pytest.raises(train.TrainError, match='cannot read'):
+    run_with_tiny(tmp_path, config(total_steps=2), data, monkeypatch).train()
 
 
 @pytest.mark.parametrize('size,kernel,stride,ceil', [(6, 3, 2, False), (7, 3, 2, True),

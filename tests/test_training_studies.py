@@ -28,6 +28,9 @@ def test_label_history_by_hand():
   assert (h[1]['first_seen'], h[1]['stable_since'], h[1]['label_changes']) == (2, 2, 0)
   assert (h[2]['first_seen'], h[2]['stable_since'], h[2]['category_changes']) == (0, 0, 0)
   assert (h[3]['final'], h[3]['first_seen'], h[3]['stable_since']) == ('b', 10, 10)
+  # a gap: held at 0, lost at 1, back from 2 on -> first seen 0, held (without a gap) since 2
+  gap = label_history([0, 1, 2, 5], [[a], [None], [a], [a]])[0]
+  assert (gap['first_seen'], gap['stable_since'], gap['label_changes']) == (0, 2, 0)
 
 
 def test_unit_evolution_classes():
@@ -35,6 +38,19 @@ def test_unit_evolution_classes():
   a, b = ('dog', 'object'), ('grass', 'material')
   assert evolution([a, a, a, None, None], [a, b, None, b, None]) == [
       'kept', 'changed', 'lost', 'gained', 'neither']
+
+
+def test_finetune_plan_follows_the_preset():
+  """The forward base is the preset's own baseline run (shared with the other studies), on the
+  preset's dataset: Places365 for `paper`, not the built-in task."""
+  from ndjax.experiments import finetune, training
+  from ndjax.train.configs import paper
+  first, second = paper.get_config().dataset, training.PRESETS['paper'].finetune_dataset
+  assert finetune.plan(first, second, ['forward', 'reverse']) == [
+      ('alexnet_s0', 'tfds:places365_small', 'tfds:imagenet2012'),
+      ('alexnet_s0_imagenet2012', 'tfds:imagenet2012', 'tfds:places365_small')]
+  assert finetune.plan('probe_task', 'probe_task_material', ['reverse']) == [
+      ('alexnet_s0_material', 'probe_task_material', 'probe_task')]
 
 
 def test_variants_and_their_errors():
@@ -116,30 +132,66 @@ def test_training_dynamics_end_to_end(smoke):
     logits = np.asarray(model.module.logits(test.images))
     assert float(row['test_accuracy']) == pytest.approx(
         np.mean(logits.argmax(-1) == test.labels), abs=1e-4)
-  # the history of the last step's detectors is the labels the last row counted
-  history = doc['all_units_history']
-  assert sum(h['final'] is not None for h in history) == int(rows[-1]['detectors'])
+  # the history's final labels are the last snapshot's labels, dissected independently
+  names = ds.label_names
+  expected = [names[int(labels.best_label[k])] if labels.best_iou[k] > 0.04 else None
+              for k in range(len(labels.best_iou))]
+  assert [h['final'] for h in doc['all_units_history']] == expected
   # a rerun trains and dissects nothing
   again, doc2 = run(smoke, 'training_dynamics')
   assert again == rows and not doc2['computed'] and doc2['training'] == ['alexnet_s0: reused']
 
 
 def test_finetune_end_to_end(smoke):
-  """Fine-tuning starts from the baseline's trunk: step 0 scores exactly like the baseline's last
-  snapshot, and the kept/changed/lost/gained counts add up to the layer's units."""
+  """Fine-tuning starts from the baseline's trunk (step 0 scores exactly like the baseline's last
+  snapshot), and each unit's class equals the one read off two independent in-memory
+  dissections: the baseline's last snapshot and the fine-tuned run's last."""
   rows, doc = run(smoke, 'finetune', '--directions=forward')
   d, = doc['directions']
   assert d['name'] == 'objects -> material'
-  assert sum(d['counts'].values()) == d['units'] == 256
   ds = smoke_probe()
-  base = api.dissect(snapshot_model(smoke, 'alexnet_s0', 12), ds, ['conv5'], progress=False)
-  labels = tally.label_units(base.results[0].counts, ds, 'paper')
+
+  def detectors(run_name, step):
+    out = api.dissect(snapshot_model(smoke, run_name, step), ds, ['conv5'], progress=False)
+    labels = tally.label_units(out.results[0].counts, ds, 'paper')
+    return [ds.label_names[int(labels.best_label[k])] if labels.best_iou[k] > 0.04 else None
+            for k in range(len(labels.best_iou))]
+
+  before, after = detectors('alexnet_s0', 12), detectors('alexnet_s0_to_material', 6)
+  expected = {c: 0 for c in ('kept', 'changed', 'lost', 'gained', 'neither')}
+  for b, a in zip(before, after):
+    expected['neither' if b is None and a is None else 'gained' if b is None else
+             'lost' if a is None else 'kept' if a == b else 'changed'] += 1
+  assert d['counts'] == expected
   assert int(rows[0]['step']) == 0
-  assert int(rows[0]['detectors']) == int(np.sum(labels.best_iou > 0.04)) == d['detectors_before']
-  assert d['counts']['kept'] + d['counts']['changed'] + d['counts']['lost'] == d['detectors_before']
+  assert int(rows[0]['detectors']) == sum(b is not None for b in before) == d['detectors_before']
   manifest = json.loads((smoke / 'train' / 'smoke' / 'alexnet_s0_to_material' / 'snapshots' / '6'
                          / 'manifest.json').read_text())
   assert manifest['num_classes'] == 19 and manifest['arch'] == 'alexnet'
+
+
+def test_a_changed_snapshot_is_dissected_again(smoke, tmp_path):
+  """Dissection folders are named by run and step; a snapshot whose bytes changed (a retrained
+  run) must be dissected again, never reused. Works on a copy of the smoke runs."""
+  import shutil
+  train_dir = tmp_path / 'train'
+  shutil.copytree(smoke / 'train', train_dir)
+  outdir = tmp_path / 'td'
+  args = ('ndjax.experiments.training_dynamics', '--preset=smoke', f'--train_dir={train_dir}',
+          f'--outdir={outdir}', '--noprogress')
+  assert ndjax_module(*args).returncode == 0
+  snapshots = train_dir / 'smoke' / 'alexnet_s0' / 'snapshots'
+  shutil.rmtree(snapshots / '12')
+  shutil.copytree(snapshots / '0', snapshots / '12')       # step 12 now holds step 0's weights
+  (train_dir / 'smoke' / 'alexnet_s0' / 'snapshot_accuracy.json').unlink()
+  r = ndjax_module(*args)
+  assert r.returncode == 0, r.stderr[-2000:]
+  doc = json.loads((outdir / 'results.json').read_text())
+  assert len(doc['computed']) == 1 and doc['computed'][0].split()[1].endswith('/snapshots/12')
+  with open(outdir / 'results.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert {k: v for k, v in rows[-1].items() if k != 'step'} == \
+         {k: v for k, v in rows[0].items() if k != 'step'}
 
 
 def test_width_and_regularization_reuse_the_baseline(smoke):
@@ -148,7 +200,6 @@ def test_width_and_regularization_reuse_the_baseline(smoke):
   assert [int(r['units']) for r in rows] == [256, 768, 768]
   assert doc['training'][0] == 'alexnet_s0: reused'
   # the CLI dissects a snapshot without --model: the manifest names the variant
-  from ndjax.experiments import training
   snapshot = smoke / 'train' / 'smoke' / 'alexnet_gap_wide_s0' / 'snapshots' / '12'
   probe = smoke_probe().root
   relative = os.path.relpath(snapshot, REPO)     # from the command's cwd: Orbax wants absolute
@@ -156,7 +207,6 @@ def test_width_and_regularization_reuse_the_baseline(smoke):
                    f'--outdir={smoke}/cli', '--noreport')
   assert r.returncode == 0, r.stderr[-2000:]
   assert f'conv5: {rows[1]["detectors"]}/768 units are detectors' in r.stdout
-  assert training.PRESETS['smoke'].probe_size == 64
   rows, doc = run(smoke, 'regularization', '--repeats=1')
   assert [r['variant'] for r in rows] == ['baseline', 'repeat1', 'nodropout', 'batchnorm']
   assert doc['training'][0] == 'alexnet_s0: reused'

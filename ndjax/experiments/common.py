@@ -183,6 +183,7 @@ class Experiment:
     wanted = {(layer, v.name): (v.folder(layer), v) for layer in layers
               for v in views_lib.build(spec, model.module.channels(layer))}
     run_dir = self.run_dir(net, name)
+    identity = weights_identity(net)
 
     def complete(folder: str, view) -> bool:
       """Written to the end (results.json and counts.npz come last, atomically) by the same
@@ -196,9 +197,13 @@ class Experiment:
         return False
       saved = vd.view
       same = lambda key: saved.meta.get(key) == view.meta.get(key)
+      found = vd.results.get('weights_identity')
       return (saved.tau == view.tau and saved.kind == view.kind
               and all(same(k) for k in ('seed', 'alpha', 'sha256'))
-              and vd.results.get('probe') == self.probe_identity)
+              and vd.results.get('probe') == self.probe_identity
+              # a weights directory (a training snapshot) must hold the same bytes as when it
+              # was dissected: a retrained run reuses the folder names
+              and (found == identity if 'sha256' in identity else found in (None, identity)))
 
     if all(complete(folder, view) for folder, view in wanted.values()):
       self.reused.append(f'{net.label}: {len(wanted)} folders')
@@ -211,7 +216,7 @@ class Experiment:
                         cache_gb=FLAGS.cache_gb, progress=FLAGS.progress, **options)
       api.write_outputs(out, self.ds, str(run_dir), model=model, report=False,
                         meta={'experiment': self.name, 'experiment_command': self.command,
-                              'probe': self.probe_identity})
+                              'probe': self.probe_identity, 'weights_identity': identity})
       self.computed.append(f'{net.label}: {len(wanted)} folders')
     return {key: results.load(run_dir / folder) for key, (folder, _) in wanted.items()}
 
@@ -258,6 +263,23 @@ class Experiment:
             f'images. Numbers: results.csv, results.json.\n\n{readme.strip()}\n\n'
             + '\n\n'.join(shown) + '\n')
     fileio.atomic_write(self.outdir / 'README.md', text.encode())
+
+
+def weights_identity(net: Network) -> dict:
+  """What a dissection's weights were: model, weights and seed, plus for a weights directory (a
+  training snapshot, a converted checkpoint) the SHA-256 of its files' names and bytes."""
+  import hashlib
+  out = {'model': net.model, 'weights': net.weights, 'seed': net.seed}
+  root = pathlib.Path(net.weights)
+  if root.is_dir():
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob('*') if p.is_file()):
+      digest.update(str(path.relative_to(root)).encode() + b'\0')
+      with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+          digest.update(block)
+    out.update(weights=str(root.absolute()), sha256=digest.hexdigest())
+  return out
 
 
 def _composite(images: int, size: int):

@@ -6,7 +6,8 @@ re-initialised for the new classes), dissects every log-spaced snapshot of the f
 --layer, and classifies each unit by comparing its label before (the trained baseline) and after
 (the last fine-tuning step):
   kept      a detector before and after, with the same label
-  changed   a detector before and after, with another label (counted by the category it moves to)
+  changed   a detector before and after, with another label (counted as "category before ->
+            category after")
   lost      a detector before, not after
   gained    not a detector before, a detector after
 With --directions=forward,reverse the opposite direction runs too (a network trained on the
@@ -69,9 +70,16 @@ def strip_figure(exp, examples: list[dict], before_vd, after_vd, k: int = 3):
   return fig
 
 
-def direction(exp, study, base_dataset: str, target_dataset: str) -> dict:
+def plan(first: str, second: str, directions) -> list[tuple[str, str, str]]:
+  """(base run name, base dataset, target dataset) per direction. The forward base is the
+  preset's baseline run itself (`first` = its dataset), which the other studies share."""
+  pairs = {'forward': (first, second), 'reverse': (second, first)}
+  return [('alexnet_s0' if pairs[d][0] == first else f'alexnet_s0_{_short(pairs[d][0])}',
+           *pairs[d]) for d in directions]
+
+
+def direction(exp, study, base_name: str, base_dataset: str, target_dataset: str) -> dict:
   base_config = study.config(model='alexnet', seed=0, dataset=base_dataset)
-  base_name = 'alexnet_s0' if base_dataset == 'probe_task' else f'alexnet_s0_{_short(base_dataset)}'
   base = study.train(base_name, base_config)
   base_step = study.snapshots(base)[-1]
   p = study.preset
@@ -127,9 +135,8 @@ def main(argv):
                                  'reverse or both')
   exp = common.Experiment('finetune')
   study = training.Study(exp)
-  second = study.preset.finetune_dataset
-  pairs = {'forward': ('probe_task', second), 'reverse': (second, 'probe_task')}
-  results = [direction(exp, study, *pairs[d]) for d in FLAGS.directions]
+  steps = plan(study.config().dataset, study.preset.finetune_dataset, FLAGS.directions)
+  results = [direction(exp, study, *step) for step in steps]
   rows = [r for res in results for r in res['rows']]
   figures = {'fig20_finetune': common.curves_figure(
       {f'{res["name"]} (fine-tuning)': (res['categories'], [max(s, 0) for s in res['steps']],

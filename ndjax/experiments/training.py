@@ -77,24 +77,37 @@ class Study:
     return c
 
   def data(self, config):
+    from ndjax.probes import ingredients
     from ndjax.train import input_pipeline
     key = (config.dataset, config.image_size, config.train_images, config.test_images)
     if key not in self._data:
       try:
         self._data[key] = input_pipeline.get_data(config, FLAGS.tfds_data_dir, FLAGS.progress)
-      except input_pipeline.DataError as e:
-        raise common.ExperimentError(str(e)) from None
+      except (input_pipeline.DataError, ingredients.IngredientError) as e:
+        raise common.ExperimentError(' '.join(str(e).split())) from None
     return self._data[key]
 
   def train(self, name: str, config) -> pathlib.Path:
-    """Train run `name` to the end (reused when finished, resumed when killed) -> its folder."""
-    from ndjax.train import train
+    """Train run `name` to the end (reused when finished, resumed when killed) -> its folder.
+    A fine-tuning run also checks that its starting snapshot still holds the bytes it started
+    from (a retrained base reuses the snapshot's path)."""
+    from ndjax.ported_weights import checkpoint
+    from ndjax.train import input_pipeline, train
     workdir = self.root / name
+    if config.init_from:
+      start = common.weights_identity(common.Network(config.model, config.init_from, None))
+      record = workdir / 'init_from.sha256'
+      if record.is_file() and record.read_text().strip() != start['sha256']:
+        raise common.ExperimentError(
+            f'training run {workdir} was fine-tuned from other weights than {config.init_from} '
+            'holds now (its base was retrained); delete the folder to fine-tune again')
+      workdir.mkdir(parents=True, exist_ok=True)
+      record.write_text(start['sha256'] + '\n')
     try:
       run = train.Run(config, workdir, self.data(config), progress=FLAGS.progress)
       before = run.manager.latest_step()
       run.train()
-    except train.TrainError as e:
+    except (train.TrainError, input_pipeline.DataError, checkpoint.WeightsError) as e:
       raise common.ExperimentError(f'training run {workdir}: {e}') from None
     self.trained.append(f'{name}: ' + ('reused' if before == config.total_steps else
                                        f'trained from step {before or 0}'))
@@ -120,7 +133,10 @@ class Study:
     from ndjax import api, fileio
     from ndjax.train import train
     path = workdir / 'snapshot_accuracy.json'
-    known = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+      known = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:                 # unreadable: measure again
+      known = {}
     if str(step) not in known:
       model = api.load_model(config.model, str(workdir / 'snapshots' / str(step))).module
       put = lambda images, labels: (images, labels)

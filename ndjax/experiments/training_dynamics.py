@@ -19,15 +19,16 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'alexnet', 'The network trained (a name of ndjax.models.MODELS).')
 flags.DEFINE_integer('seed', 0, 'Training seed (init, data order, dropout).')
 flags.DEFINE_list('units', [], 'Units whose label history is drawn (default: the --history_units '
-                  'detectors of the last step with the highest IoU).')
+                  'units with the highest IoU at the last step).')
 flags.DEFINE_integer('history_units', 12, 'How many units the history figure shows by default.')
 
 
 def label_history(steps: list[int], per_step: list[list]) -> list[dict]:
   """Per unit, from its (label, category) or None at each step (ascending):
   final label, `first_seen` (first step it holds the final label), `stable_since` (first step
-  from which it holds it to the end), label changes among detector steps, and whether the
-  category changes (`category_changes`: the distinct categories it was labelled with, in order)."""
+  from which it holds it to the end, without a gap), label changes among the steps at which it is
+  a detector, `categories` (its categories in order, consecutive repeats merged: object, texture,
+  object) and `category_changes` (transitions between them)."""
   out = []
   for k in range(len(per_step[0])):
     seq = [labels[k] for labels in per_step]

@@ -174,7 +174,8 @@ def tfds_data(name: str, size: int, data_dir: str | None) -> Data:
     if 'image' not in features or 'label' not in features:
       raise DataError(f'TFDS dataset {name!r} has features {", ".join(features)}; training needs '
                       'an image classification dataset with "image" and "label"')
-    splits = ('train', 'test' if 'test' in builder.info.splits else 'validation')
+    # validation first: some datasets (places365_small) leave the test split unlabelled
+    splits = ('train', 'validation' if 'validation' in builder.info.splits else 'test')
     open_split = lambda split, **kw: tfds.data_source(name, split=split, data_dir=data_dir, **kw)
     sources = [open_split(split) for split in splits]
     label_sources = [open_split(split, decoders={'image': tfds.decode.SkipDecoding()})
@@ -186,6 +187,11 @@ def tfds_data(name: str, size: int, data_dir: str | None) -> Data:
                     '(tfds build) and pass --tfds_data_dir') from None
   classes = list(features['label'].names)
   labels = [np.array([int(r['label']) for r in source], np.int32) for source in label_sources]
+  for split, found in zip(splits, labels):
+    if not len(found) or found.min() < 0:
+      raise DataError(f'TFDS dataset {name!r}: its {split} split has '
+                      f'{"no examples" if not len(found) else "unlabelled examples (label -1)"}; '
+                      'training needs labelled train and validation (or test) splits')
   return Data(Split(sources[0], labels[0], size), Split(sources[1], labels[1], size), classes)
 
 

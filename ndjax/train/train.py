@@ -29,11 +29,15 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
-from ndjax import distributed
+from ndjax import distributed, fileio
 from ndjax import models
 from ndjax.ported_weights import checkpoint as weights_ckpt
 from ndjax.ported_weights import registry
 from ndjax.train import input_pipeline
+
+
+# Config fields that change when things happen, not what is computed: a rerun may change them.
+CADENCE_FIELDS = ('log_every', 'eval_every', 'checkpoint_every')
 
 
 class TrainError(ValueError):
@@ -195,18 +199,29 @@ class Run:
         writer.writeheader()
       writer.writerow(row)
 
+  def _check_config(self, path) -> None:
+    """Refuse a workdir holding a run of another config. Fields that only say how often to log,
+    evaluate or checkpoint may change; a field the old config lacks counts as its default."""
+    from ndjax.train.configs import default
+    try:
+      old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      raise TrainError(f'cannot read {path} ({e}); delete the workdir to start over') from None
+    new, defaults = self.config.to_dict(), default.get_config().to_dict()
+    diff = [f'{k}: {old.get(k, defaults.get(k))!r} -> {new.get(k, defaults.get(k))!r}'
+            for k in sorted(set(old) | set(new)) if k not in CADENCE_FIELDS
+            and old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))]
+    if diff:
+      raise TrainError(f'{self.workdir} holds a run of another config ({", ".join(diff)}); give '
+                       'this run its own --workdir, or delete that folder to start over')
+
   def train(self, stop_at: int | None = None) -> dict:
     """Train to config.total_steps (or `stop_at`, for tests of resumption); -> last metrics."""
     c = self.config
     config_path = self.workdir / 'config.json'
-    wanted = json.dumps(c.to_dict(), indent=1, sort_keys=True)
-    if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(wanted):
-      old = json.loads(config_path.read_text())
-      diff = ', '.join(f'{k}: {old.get(k)!r} -> {v!r}' for k, v in sorted(c.to_dict().items())
-                       if old.get(k) != v)
-      raise TrainError(f'{self.workdir} holds a run of another config ({diff}); give this run '
-                       'its own --workdir, or delete that folder to start over')
-    config_path.write_text(wanted)
+    if config_path.is_file():
+      self._check_config(config_path)
+    fileio.atomic_write(config_path, json.dumps(c.to_dict(), indent=1, sort_keys=True).encode())
     self.restore()
     end = c.total_steps if stop_at is None else min(stop_at, c.total_steps)
     lr = schedule(c)

@@ -1,8 +1,8 @@
 """The `cpu` preset's training run: AlexNet on the built-in task at 112 px, sized so that a study
 (all its variants trained and their snapshots dissected) takes about an hour on 2 CPU cores.
 
-800 steps of 64 images = 8.5 epochs of the 6,000 rendered training images; ~0.75 s a step for
-AlexNet on a 2-core AMD EPYC (GAP-WideAll ~2.3 s)."""
+800 steps of 64 images = 8.5 epochs of the 6,000 rendered training images; ~0.7 s a step for
+AlexNet on a 2-core AMD EPYC (GAP-Wide ~0.55 s, GAP-WideAll ~2.3 s)."""
 from ndjax.train.configs import default
 
 
