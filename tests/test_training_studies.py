@@ -112,6 +112,7 @@ def smoke_probe():
                                                          progress=False, image_size=p.probe_size)))
 
 
+@pytest.mark.slow
 def test_training_dynamics_end_to_end(smoke):
   """Every step of the log schedule is dissected; the first and last rows equal in-memory
   dissections of the snapshots, and the accuracies equal NumPy's from the snapshots' logits."""
@@ -142,6 +143,7 @@ def test_training_dynamics_end_to_end(smoke):
   assert again == rows and not doc2['computed'] and doc2['training'] == ['alexnet_s0: reused']
 
 
+@pytest.mark.slow
 def test_finetune_end_to_end(smoke):
   """Fine-tuning starts from the baseline's trunk (step 0 scores exactly like the baseline's last
   snapshot), and each unit's class equals the one read off two independent in-memory
@@ -170,6 +172,7 @@ def test_finetune_end_to_end(smoke):
   assert manifest['num_classes'] == 19 and manifest['arch'] == 'alexnet'
 
 
+@pytest.mark.slow
 def test_a_changed_snapshot_is_dissected_again(smoke, tmp_path):
   """Dissection folders are named by run and step; a snapshot whose bytes changed (a retrained
   run) must be dissected again, never reused. Works on a copy of the smoke runs."""
@@ -194,6 +197,7 @@ def test_a_changed_snapshot_is_dissected_again(smoke, tmp_path):
          {k: v for k, v in rows[0].items() if k != 'step'}
 
 
+@pytest.mark.slow
 def test_width_and_regularization_reuse_the_baseline(smoke):
   rows, doc = run(smoke, 'width')
   assert [r['variant'] for r in rows] == ['baseline', 'GAP-Wide 768', 'GAP-WideAll']
