@@ -232,11 +232,14 @@ def counts_npz(res: ViewResult, ds) -> bytes:
 
 def write_outputs(out: DissectOutput, ds, run_dir: str, *, model=None, meta: dict | None = None,
                   denominator: str = 'paper', iou_threshold: float = 0.04, upsample: str = 'rf',
-                  report: bool = True, topk: int = 10) -> list[str]:
+                  report: bool = True, topk: int = 10, viz: int = 0,
+                  progress: bool = False) -> list[str]:
   """Write every layer/view folder of `out` under `run_dir` and return their summary lines.
 
   Per folder (`<layer>` or `<layer>@<view>`): tally.csv, results.json, counts.npz, topk.npz and
   report.html, each written atomically; a folder appears only once its results are complete.
+  viz: for plain (unrotated) layers, the report's gradient view of each unit on its `viz` top
+  images (guided backpropagation, `ndjax.viz.unitviews`), stored as viz.npz; 0 = none.
   """
   module = getattr(model, 'module', model)
   meta = run_metadata(out, ds, model, meta)
@@ -249,9 +252,20 @@ def write_outputs(out: DissectOutput, ds, run_dir: str, *, model=None, meta: dic
                   'activation': res.description, 'denominator': denominator,
                   'iou_threshold': iou_threshold,
                   'upsample': {'mode': upsample,
-                               'rf_geometry': list(module.rf_geometry(res.layer)) if module else None}}
+                               'rf_geometry': list(module.rf_geometry(res.layer)) if module else None},
+                  # where each unit looks in the input (top patches crop these windows)
+                  'receptive_field': (dataclasses.asdict(module.receptive_field(res.layer))
+                                      if module else None)}
     if res.top is not None:
       res.top.save(os.path.join(folder, 'topk.npz'))
+      if viz and module is not None and res.view.kind == 'identity':
+        from ndjax.viz import common as viz_common
+        from ndjax.viz import unitviews
+        top = {'images': res.top.images, 'values': res.top.values, 'maps': res.top.maps,
+               'map_hw': res.top.map_hw}
+        unitviews.write(folder, unitviews.unit_views(
+            viz_common.Net.of(module), ds, top, res.layer, module.receptive_field(res.layer),
+            min(viz, res.top.k), progress=progress))
     fileio.atomic_write(os.path.join(folder, COUNTS_NAME), counts_npz(res, ds))
     fileio.atomic_write(os.path.join(folder, 'tally.csv'), tally.tally_csv(labels, res.counts, ds))
     fileio.atomic_write(os.path.join(folder, 'results.json'),

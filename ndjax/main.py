@@ -70,6 +70,9 @@ flags.DEFINE_bool('skip_bad_images', False, 'Log, skip and count undecodable ima
                   'of stopping at the first one. An image whose mask fails in pass 2 is left out '
                   'of the counts but its activations are already in the thresholds (results.json '
                   'lists it under bad_images.in_thresholds).')
+flags.DEFINE_integer('viz', 0, "Gradient views for the report: each unit's strongest activation on its "
+                     'N top images projected to pixels by guided backpropagation and cropped to '
+                     'its receptive field (ndjax.viz; at most --topk; plain layers only). 0 = none.')
 flags.DEFINE_integer('topk', 10, 'Top images per unit (by maximum activation) kept for the report; '
                      '0 keeps none.')
 flags.DEFINE_bool('report', True, 'Write report.html per layer/view: summary, detector bar graph, '
@@ -158,7 +161,7 @@ def run() -> list[str]:
     raise UserError(f'--iou_threshold must be in [0, 1), got {FLAGS.iou_threshold}')
   if not 0.0 <= FLAGS.cache_gb < 1e6:      # also refuses nan and inf
     raise UserError(f'--cache_gb must be a size in GB >= 0, got {FLAGS.cache_gb}')
-  for name in ('topk', 'checkpoint_every', 'devices'):
+  for name in ('topk', 'viz', 'checkpoint_every', 'devices'):
     if getattr(FLAGS, name) < 0:
       raise UserError(f'--{name} must be >= 0, got {getattr(FLAGS, name)}')
   if FLAGS.probe_images < 1:
@@ -204,14 +207,15 @@ def _write(out, ds, model, layers, run_dir, wall) -> list[str]:
               'model', 'weights', 'seed', 'dataset', 'layers', 'tau', 'rotation', 'rotation_seed',
               'rotation_alpha', 'directions', 'iou_threshold', 'upsample', 'denominator',
               'batch_size', 'outdir', 'run_name', 'cache_gb', 'skip_bad_images', 'topk',
-              'compute_dtype')},
+              'viz', 'compute_dtype')},
           'resolved': {'model': model.name, 'weights': model.weights,
                        'dataset': str(getattr(ds, 'root', '')),
                        'layers': layers, 'run_dir': os.path.abspath(run_dir)}}
   try:
     lines = api.write_outputs(out, ds, run_dir, model=model, meta=meta,
                               denominator=FLAGS.denominator, iou_threshold=FLAGS.iou_threshold,
-                              upsample=FLAGS.upsample, report=FLAGS.report, topk=FLAGS.topk)
+                              upsample=FLAGS.upsample, report=FLAGS.report, topk=FLAGS.topk,
+                              viz=FLAGS.viz, progress=FLAGS.progress)
   except (OSError, results.ResultsError) as e:
     raise UserError(f'writing the outputs under {run_dir} failed: {e}') from None
   for line in lines:

@@ -25,6 +25,7 @@ import io
 import itertools
 import logging
 import pathlib
+import re
 import sys
 import types
 
@@ -40,6 +41,8 @@ from ndjax.data import broden, open_dataset
 REPORT_NAME = 'report.html'
 THUMB_PX = 96          # longest side of an inlined probe-image thumbnail
 STRIP_PX = 72          # displayed height of one image in a unit's strip
+PATCH_PX = 72          # displayed side of one top patch
+PATCHES = 9            # top patches per unit page (Zeiler & Fergus's nine)
 VEIL_ALPHA = 190       # opacity of the dark veil outside the unit's mask (0-255)
 OUTLINE_RGB = (255, 214, 0)   # the mask's edge, drawn inside it: a small region stays visible
 # palette indices of a mask PNG: the unit fires on INSIDE and EDGE pixels, not on VEIL
@@ -208,19 +211,39 @@ def _data_uri(kind: str, payload: bytes) -> str:
   return f'data:{kind};base64,{base64.b64encode(payload).decode("ascii")}'
 
 
+def probe_path(results: dict) -> str | None:
+  """Where the probe set of a result folder lies: the CLI records its path; an experiment records
+  which built-in set it used ('built-in composite [<size>px]', 'built-in synthetic') or a path."""
+  path = results.get('resolved', {}).get('dataset')
+  if path:
+    return path
+  where = str((results.get('probe') or {}).get('dataset') or '')
+  from ndjax.fileio import cache_root
+  if where.startswith('built-in composite'):
+    from ndjax.probes import composite
+    size = re.search(r'(\d+)px', where)
+    return str(composite.probe_set_path(cache_root(), composite.DEFAULT_IMAGES, 0,
+                                        int(size.group(1)) if size else composite.IMAGE_SIZE))
+  if where == 'built-in synthetic':
+    from ndjax.probes import synthetic
+    return str(synthetic.probe_set_path(cache_root()))
+  return where or None
+
+
 def _open_probe(results: dict):
   """-> (dataset or None, note for the page when images cannot be shown)."""
-  path = results.get('resolved', {}).get('dataset')
+  path = probe_path(results)
   try:
     return open_dataset(path, check_files=False), ''
   except (broden.BrodenFormatError, TypeError) as e:
     return None, f'Probe images unavailable ({e}): strips are not drawn.'
 
 
-def _strips(results: dict, top: dict, ds: broden.BrodenDataset, k: int):
-  """-> ({unit index: strip HTML}, CSS rules inlining each probe image used once, note)."""
+def _strips(results: dict, top: dict, ds: broden.BrodenDataset, k: int, also=()):
+  """-> ({unit index: strip HTML}, CSS rules inlining each probe image used once, note, the
+  images that could not be read). `also`: more images to inline (the top patches')."""
   masks = unit_masks(results, top, ds, k)
-  used = sorted({int(top['images'][u, r]) for u, r in masks})
+  used = sorted({int(top['images'][u, r]) for u, r in masks} | set(also))
   css, unreadable = [], {}
   for i in used:
     rec = ds.records[i]
@@ -246,10 +269,67 @@ def _strips(results: dict, top: dict, ds: broden.BrodenDataset, k: int):
     first = next(iter(unreadable.values()))
     note = (f'{len(unreadable)} probe image(s) could not be read and are left out of the strips '
             f'({first}).')
-  return {u: ''.join(items) for u, items in strips.items()}, css, note
+  return {u: ''.join(items) for u, items in strips.items()}, css, note, set(unreadable)
 
 
-def _unit_page(unit: dict, categories: list[str], threshold: float) -> str:
+def _patch_rows(results: dict, top: dict, ds: broden.BrodenDataset, count: int) -> dict:
+  """{unit index: its top `count` patches (`ndjax.viz.patches.Patch`)}; {} when the layer's
+  receptive field is unknown. Drawn by CSS from the inlined thumbnails: no bytes are added."""
+  from ndjax.viz import common as viz_common
+  from ndjax.viz import patches
+  try:
+    rf = patches.receptive_field(results)
+  except viz_common.VizError:
+    return {}
+  return {u: patches.top_patches(top, u, rf, count) for u in range(top['images'].shape[0])}
+
+
+def _patches_html(found, ds, unreadable) -> str:
+  """A row of patches: each a PATCH_PX square showing the window of its image's thumbnail (grey
+  where the window leaves the image)."""
+  cells = []
+  for p in found:
+    if p.image in unreadable:
+      continue
+    rec = ds.records[p.image]
+    t, l, b, r = p.window
+    scale = PATCH_PX / (b - t)
+    title = html.escape(f'#{p.rank + 1}: image {p.image}, max activation {p.value:.4g} at unit '
+                        f'position {p.position}; window rows {t}..{b}, columns {l}..{r}')
+    cells.append(f'<span class="p i{p.image}" title="{title}" style="background-size:'
+                 f'{rec.iw * scale:.1f}px {rec.ih * scale:.1f}px;background-position:'
+                 f'{-l * scale:.1f}px {-t * scale:.1f}px"></span>')
+  return ''.join(cells)
+
+
+def _viz_html(viz: dict, unit: int) -> str:
+  """The --viz gradient views of one unit: its image patch and the guided-backprop projection of
+  its strongest activation, side by side, per top image."""
+  rows = np.nonzero(viz['units'] == unit)[0]
+  cells = []
+  for i in rows:
+    patch = _data_uri('image/jpeg', _jpeg(viz['patches'][i]))
+    guided = _data_uri('image/png', _png(viz['guided'][i]))
+    title = html.escape(f'#{int(viz["ranks"][i]) + 1}: image {int(viz["images"][i])}')
+    cells.append(f'<span class="gv" title="{title}"><img alt="patch" src="{patch}">'
+                 f'<img alt="guided backpropagation" src="{guided}"></span>')
+  return ''.join(cells)
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, 'JPEG', quality=85)
+  return buf.getvalue()
+
+
+def _png(image: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, 'PNG')
+  return buf.getvalue()
+
+
+def _unit_page(unit: dict, categories: list[str], threshold: float, patches_html: str = '',
+               viz_html: str = '') -> str:
   n = unit['unit']
   rows = []
   for cat in categories:
@@ -270,7 +350,15 @@ def _unit_page(unit: dict, categories: list[str], threshold: float) -> str:
           f'(IoU; bold: above the detector threshold {threshold:g}):</p>'
           f'<table class="concepts"><thead><tr><th>category</th><th>1st</th><th>2nd</th>'
           f'<th>3rd</th><th>4th</th><th>5th</th></tr></thead><tbody>{"".join(rows)}</tbody>'
-          f'</table><div class="big-strip"></div></section>')
+          f'</table><div class="big-strip"></div>'
+          + (f'<h3>Top patches</h3><p class="meta">The receptive-field window of the unit\'s '
+             f'strongest activation in each top image (Zeiler &amp; Fergus); grey: padding, off '
+             f'the image.</p><div class="patches">{patches_html}</div>' if patches_html else '')
+          + (f'<h3>Guided backpropagation</h3><p class="meta">Per top image: the patch, and the '
+             f'unit\'s strongest activation projected to pixels by guided backpropagation '
+             f'(Springenberg et al.), cropped to the same window.</p>'
+             f'<div class="patches">{viz_html}</div>' if viz_html else '')
+          + '</section>')
 
 
 STYLE = """
@@ -299,6 +387,10 @@ table#units{border-collapse:collapse} #units th,#units td{padding:3px 8px;border
 table.concepts{border-collapse:collapse;margin:6px 0 12px} .concepts th,.concepts td{border:1px solid #ddd;padding:3px 8px;text-align:left}
 .concepts td.det{font-weight:700} .iou{color:#666;font-variant-numeric:tabular-nums}
 .big-strip .t{height:%(big)dpx;margin:0 4px 4px 0}
+.unit-page h3{font-size:15px;margin:12px 0 2px}
+span.p{display:inline-block;width:%(patch)dpx;height:%(patch)dpx;aspect-ratio:auto;margin:0 3px 3px 0;
+  background-color:#808080;background-repeat:no-repeat;vertical-align:middle}
+.gv{display:inline-block;margin:0 10px 6px 0;white-space:nowrap} .gv img{width:%(patch)dpx;height:%(patch)dpx;margin-right:1px}
 """
 
 SCRIPT = """
@@ -364,7 +456,7 @@ SCRIPT = """
 
 
 def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: int,
-           note: str = '', folder: str | None = None) -> str:
+           note: str = '', folder: str | None = None, viz: dict | None = None) -> str:
   """The report page as one string (ASCII: non-ASCII text goes in as character references).
 
   `folder` names the page (default: results.json's "folder"); a view's page says what the view is
@@ -375,9 +467,11 @@ def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: 
   threshold = results['iou_threshold']
   units = results['units']
   categories = category_order(results['unique_detectors'])
-  strips, image_css = ({}, [])
+  strips, image_css, patch_rows, unreadable = ({}, [], {}, set())
   if top is not None and ds is not None and k > 0:
-    strips, image_css, note = _strips(results, top, ds, k)
+    patch_rows = _patch_rows(results, top, ds, PATCHES)
+    also = {p.image for found in patch_rows.values() for p in found}
+    strips, image_css, note, unreadable = _strips(results, top, ds, k, also)
   elif top is None:
     note = note or 'No topk.npz in this folder (dissected with --topk=0): strips are not drawn.'
   resolved = results.get('resolved', {})
@@ -412,7 +506,7 @@ def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: 
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Network Dissection: {html.escape(title)}</title>
-<style>{STYLE % {'strip': STRIP_PX, 'big': 2 * STRIP_PX}}</style>
+<style>{STYLE % {'strip': STRIP_PX, 'big': 2 * STRIP_PX, 'patch': PATCH_PX}}</style>
 <style>{''.join(image_css)}</style>
 </head><body>
 <h1>Network Dissection: {html.escape(title)}</h1>
@@ -432,7 +526,9 @@ a unit number for its page</span></div>
 <th data-key="category">category</th><th data-key="iou" aria-sort="descending">IoU</th>
 <th>top {k} images (mask: the unit's thresholded, upsampled activation)</th></tr></thead>
 <tbody>{''.join(rows[i] for i in order)}</tbody></table>
-{''.join(_unit_page(u, categories, threshold) for u in units)}
+{''.join(_unit_page(u, categories, threshold,
+                    _patches_html(patch_rows.get(u['unit'] - 1, []), ds, unreadable),
+                    _viz_html(viz, u['unit'] - 1) if viz is not None else '') for u in units)}
 <script>{SCRIPT}</script>
 </body></html>
 """
@@ -452,7 +548,9 @@ def write_report(layer_dir, k: int = 10, dataset=None) -> pathlib.Path:
     ds, note = (dataset, '') if dataset is not None else _open_probe(results)
   k = min(k, top['images'].shape[1]) if top is not None else k
   path = found.path / REPORT_NAME
-  fileio.atomic_write(str(path), render(results, top, ds, k, note, found.folder))
+  from ndjax.viz import unitviews
+  fileio.atomic_write(str(path), render(results, top, ds, k, note, found.folder,
+                                        unitviews.read(found.path)))
   return path
 
 

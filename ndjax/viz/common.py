@@ -237,29 +237,34 @@ def save_output(out: Output, stem: str | os.PathLike, fmt: str = 'png') -> list[
 def grid_figure(rows: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str] = (),
                 col_titles: Sequence[str] = (), cmap: str | None = None, title: str = '',
                 cell: float = 2.2):
-  """A grid of images (each HxW or HxWx3 in [0, 1] or uint8), axes off, titled."""
+  """A grid of images (each HxW or HxWx3 in [0, 1] or uint8), axes off; row titles stand left of
+  their row, horizontally, in a margin sized to the longest."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  n_rows, n_cols = len(rows), max(len(r) for r in rows)
-  fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows + 0.4),
-                           squeeze=False)
+  n_rows, n_cols = len(rows), max(1, max(len(r) for r in rows))
+  margin = 0.075 * max((len(t) for t in row_titles), default=0)       # inches of row titles
+  top = 0.45 if title else 0.05
+  head = 0.3 if col_titles else 0.0
+  width, height = margin + cell * n_cols, top + head + cell * n_rows
+  fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
+  fig.subplots_adjust(left=margin / width, right=0.995, bottom=0.005,
+                      top=1 - (top + head) / height, wspace=0.04, hspace=0.12 if col_titles else 0.04)
   for i, row in enumerate(rows):
     for j in range(n_cols):
       ax = axes[i][j]
       ax.axis('off')
       if j < len(row) and row[j] is not None:
-        ax.imshow(row[j], cmap=cmap if np.ndim(row[j]) == 2 else None,
-                  vmin=0 if np.ndim(row[j]) == 2 else None,
-                  vmax=1 if np.ndim(row[j]) == 2 else None)
+        flat = np.ndim(row[j]) == 2
+        ax.imshow(row[j], cmap=(cmap or 'gray') if flat else None,
+                  vmin=0 if flat else None, vmax=1 if flat else None)
       if i == 0 and j < len(col_titles):
         ax.set_title(col_titles[j], fontsize=8)
     if i < len(row_titles):
-      axes[i][0].text(-0.06, 0.5, row_titles[i], transform=axes[i][0].transAxes, rotation=90,
-                      va='center', ha='right', fontsize=8)
+      axes[i][0].text(-0.05, 0.5, row_titles[i], transform=axes[i][0].transAxes, va='center',
+                      ha='right', fontsize=8)
   if title:
-    fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / height)
   return fig
 
 

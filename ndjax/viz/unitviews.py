@@ -1,0 +1,96 @@
+"""The report's gradient view of every unit: guided backpropagation on its top probe images.
+
+`python -m ndjax.main --viz=N` runs this after a layer is dissected: for each unit's N strongest
+images (the dissection's own top-k ranking), the unit's strongest activation is projected back to
+pixels with guided backpropagation (`backprop.project`, keep='max': Zeiler & Fergus's choice), and
+the projection and the image are cropped to that activation's receptive field: the same window as
+the unit's top patch. Stored per layer as `viz.npz` (small uint8 crops); the report embeds them,
+so the report itself never runs the network.
+"""
+from __future__ import annotations
+
+import collections
+import io
+
+import numpy as np
+from PIL import Image
+
+from ndjax import fileio
+from ndjax.viz import common, patches
+
+VIZ_NAME = 'viz.npz'
+VIZ_PX = 64              # side of a stored crop
+RULE, KEEP = 'guided', 'max'
+
+
+def _resize(crop: np.ndarray, size: int) -> np.ndarray:
+  return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def display(projection: np.ndarray, window) -> np.ndarray:
+  """A projection (H, W, 3) cropped to the window, shown as Zeiler & Fergus do: 0 is mid grey and
+  the largest |value| in the window spans the rest of the range (per view)."""
+  crop = patches.crop(projection, window, fill=0.0)
+  return common.to_uint8(255 * common.normalise(crop, percentile=100.0))
+
+
+def unit_views(net: common.Net, dataset, top: dict, layer: str, rf, per_unit: int,
+               batch_size: int = 8, size: int = VIZ_PX, progress: bool = False) -> dict:
+  """{'units', 'ranks', 'images', 'windows', 'patches', 'guided'} for each unit's `per_unit`
+  strongest images (fewer when the dissection kept fewer)."""
+  from ndjax.viz import backprop
+  todo = []                       # (unit, Patch)
+  for unit in range(top['images'].shape[0]):
+    todo += [(unit, p) for p in patches.top_patches(top, unit, rf, per_unit)]
+  by_shape = collections.defaultdict(list)
+  images = {}
+  for unit, p in todo:
+    if p.image not in images:
+      images[p.image] = dataset.load_image(p.image)
+    by_shape[images[p.image].shape].append((unit, p))
+  out = {id(p): None for _, p in todo}
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(total=len(todo), desc=f'viz {layer}', unit='view', leave=False)
+  for members in by_shape.values():
+    for start in range(0, len(members), batch_size):
+      chunk = members[start:start + batch_size]
+      x = net.preprocess(np.stack([images[p.image] for _, p in chunk]))
+      units = np.array([u for u, _ in chunk], np.int32)
+      proj = np.asarray(backprop.project_units(net, net.state, x, layer, units, RULE, KEEP))
+      for (unit, p), g in zip(chunk, proj):
+        out[id(p)] = (_resize(patches.crop(images[p.image], p.window), size),
+                      _resize(display(g, p.window), size))
+      if bar is not None:
+        bar.update(len(chunk))
+  if bar is not None:
+    bar.close()
+  crops = [out[id(p)] for _, p in todo]
+  empty = np.zeros((0, size, size, 3), np.uint8)
+  return {'units': np.array([u for u, _ in todo], np.int32),
+          'ranks': np.array([p.rank for _, p in todo], np.int32),
+          'images': np.array([p.image for _, p in todo], np.int32),
+          'windows': np.array([p.window for _, p in todo], np.int32).reshape(-1, 4),
+          'patches': np.stack([c[0] for c in crops]) if crops else empty,
+          'guided': np.stack([c[1] for c in crops]) if crops else empty,
+          'rule': np.array(RULE), 'keep': np.array(KEEP)}
+
+
+def write(folder: str, arrays: dict) -> str:
+  """Atomic `<folder>/viz.npz`."""
+  import os
+  buf = io.BytesIO()
+  np.savez_compressed(buf, **arrays)
+  path = os.path.join(folder, VIZ_NAME)
+  fileio.atomic_write(path, buf.getvalue())
+  return path
+
+
+def read(folder) -> dict | None:
+  import os
+  path = os.path.join(str(folder), VIZ_NAME)
+  if not os.path.isfile(path):
+    return None
+  with np.load(path) as z:
+    return {k: z[k] for k in z.files}
