@@ -80,3 +80,30 @@ def tap_shapes(model: nnx.Module, taps: Sequence[str], image_hw: tuple[int, int]
   forward = make_forward(model, taps)
   spec = jax.ShapeDtypeStruct((1, *image_hw, 3), jax.numpy.uint8)
   return {t: s.shape[1:] for t, s in jax.eval_shape(forward, spec).items()}
+
+
+def pooled(module: nnx.Module, ds, layer: str, batch_size: int = 8, progress: bool = True,
+           indices=None) -> 'np.ndarray':
+  """(N, K) float64 global average of `layer` per probe image (one forward pass, images of one
+  size batched together): the features of linear probes and of the toolbox's t-SNE.
+  indices: which images (default all, in order)."""
+  import numpy as np
+  from tqdm import tqdm
+  forward = make_forward(module, [layer])
+  out, batch, shapes = [], [], None
+
+  def flush():
+    acts = np.asarray(forward(np.stack(batch))[layer], np.float64)
+    out.extend(acts.mean(axis=(1, 2)))
+    batch.clear()
+
+  order = range(len(ds.records)) if indices is None else indices
+  for i in tqdm(order, desc='pooled features', disable=not progress, mininterval=2):
+    image = ds.load_image(int(i))
+    if batch and (len(batch) == batch_size or image.shape != shapes):
+      flush()
+    batch.append(image)
+    shapes = image.shape
+  if batch:
+    flush()
+  return np.stack(out)

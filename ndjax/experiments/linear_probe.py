@@ -35,28 +35,9 @@ class ProbeData:
 
 
 def pooled_features(module, ds, layer: str, batch_size: int = 8, progress: bool = True):
-  """(N_images, K) float64 global average of `layer` per image (one forward pass)."""
-  from tqdm import tqdm
-
+  """(N_images, K) float64 global average of `layer` per image (`activations.pooled`)."""
   from ndjax import activations
-  forward = activations.make_forward(module, [layer])
-  out, batch, shapes = [], [], None
-
-  def flush():
-    acts = np.asarray(forward(np.stack(batch))[layer], np.float64)
-    out.extend(acts.mean(axis=(1, 2)))
-    batch.clear()
-
-  for i in tqdm(range(len(ds.records)), desc='pooled features', disable=not progress,
-                mininterval=2):
-    image = ds.load_image(i)
-    if batch and (len(batch) == batch_size or image.shape != shapes):
-      flush()
-    batch.append(image)
-    shapes = image.shape
-  if batch:
-    flush()
-  return np.stack(out)
+  return activations.pooled(module, ds, layer, batch_size, progress)
 
 
 def image_targets(ds, category: str) -> np.ndarray:

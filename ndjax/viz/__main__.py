@@ -80,6 +80,8 @@ flags.DEFINE_integer('top', 9, 'patches: patches per unit; analyses: concepts or
                      lower_bound=1)
 flags.DEFINE_string('concept', None, 'analyses: a concept label (e.g. dog, grass).')
 flags.DEFINE_float('perplexity', 30.0, 't-SNE perplexity.', lower_bound=1)
+flags.DEFINE_integer('probe_images', 500, "t-SNE: embed the first N images of the probe set (the "
+                     "--results folder's, else the built-in one).", lower_bound=2)
 flags.DEFINE_integer('batch_size', 16, 'Images per forward batch.', lower_bound=1)
 
 PROG = 'ndjax.viz'
@@ -121,6 +123,8 @@ def output_stem(method: str, ctx) -> str:
     parts.append(ctx.layer.replace('.', '-'))
   if ctx.unit is not None:
     parts.append(f'u{ctx.unit}')
+  if ctx.options.concept:
+    parts.append(ctx.options.concept.replace(' ', '_').replace(os.sep, '_'))
   return os.path.join(FLAGS.outdir, '_'.join(parts))
 
 

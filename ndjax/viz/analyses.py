@@ -153,7 +153,7 @@ class Cooccurrence:
 def _label_sets(layers: np.ndarray, image_level: np.ndarray, position: np.ndarray):
   """One image's L_c as columns: -> (positions (n,) in the wanted list, bool (X, n)), for the
   labels present with position >= 0 (pixel-level in any layer, or image-level: every pixel)."""
-  flat = layers.reshape(len(layers), -1)
+  flat = layers.reshape(len(layers), layers.shape[1] * layers.shape[2])
   img = np.asarray(image_level, np.int64).ravel()
   ids = np.union1d(np.unique(flat), img)
   ids = ids[(ids > 0) & (ids < len(position))]
@@ -396,6 +396,11 @@ def figure_parts(rows: list[dict], threshold: float = 0.04, max_objects: int = 2
   of the part's pixels lying on the object (which object a part belongs to). The objects and
   parts with the most co-occurring pixels are drawn; the table keeps all."""
   plt = _plt()
+  if not rows:
+    fig, ax = plt.subplots(figsize=(5, 2))
+    ax.axis('off')
+    ax.text(0.5, 0.5, 'no part lies on any object in this probe set', ha='center')
+    return fig
   weight_o, weight_p, share, best = {}, {}, {}, {}
   for r in rows:
     weight_o[r['object']] = weight_o.get(r['object'], 0) + r['pixels']
@@ -424,9 +429,6 @@ def figure_parts(rows: list[dict], threshold: float = 0.04, max_objects: int = 2
                 fontsize=8)
   ax.set_ylabel('object')
   fig.colorbar(image, ax=[top, ax], shrink=0.5, label="share of the part's pixels on the object")
-  if not rows:
-    ax.text(0.5, 0.5, 'no part lies on any object in this probe set', ha='center',
-            transform=ax.transAxes)
   return fig
 
 
@@ -472,7 +474,7 @@ def main_concepts(ctx: common.Context) -> common.Output:
     rows += mine
   lines, arrays = table(rows, ['run', 'layer', 'unit', 'rank', 'label', 'category', 'iou',
                                'detector'])
-  return common.Output(figure_concepts(per_view, views[0].iou_threshold), arrays, lines)
+  return common.Output(figure_concepts(per_view, views[0].iou_threshold), arrays, lines, csv=lines)
 
 
 def main_concept_units(ctx: common.Context) -> common.Output:
@@ -482,7 +484,7 @@ def main_concept_units(ctx: common.Context) -> common.Output:
   rows = concept_units(views, concept, ctx.options.top)
   lines, arrays = table(rows)
   return common.Output(figure_concept_units(rows, rows[0]['concept'], views[0].iou_threshold),
-                       arrays, lines)
+                       arrays, lines, csv=lines)
 
 
 def main_parts(ctx: common.Context) -> common.Output:
@@ -493,7 +495,7 @@ def main_parts(ctx: common.Context) -> common.Output:
   rows = part_detectors(views, cooc, ctx.options.top, ctx.options.concept)
   lines, arrays = table(rows, ['object', 'part', 'pixels', 'images', 'part_share', 'run',
                                'layer', 'unit', 'iou', 'detector'])
-  return common.Output(figure_parts(rows, views[0].iou_threshold), arrays, lines)
+  return common.Output(figure_parts(rows, views[0].iou_threshold), arrays, lines, csv=lines)
 
 
 def main_filtering(ctx: common.Context) -> common.Output:
@@ -502,4 +504,4 @@ def main_filtering(ctx: common.Context) -> common.Output:
   views = load_views(ctx.results)
   rows = filtering_effect(views, concept, ctx.options.top)
   lines, arrays = table(rows)
-  return common.Output(figure_filtering(rows, rows[0]['concept']), arrays, lines)
+  return common.Output(figure_filtering(rows, rows[0]['concept']), arrays, lines, csv=lines)

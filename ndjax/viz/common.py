@@ -214,10 +214,12 @@ class Output:
   figure: object                               # matplotlib Figure
   arrays: dict[str, np.ndarray]
   lines: list[str] = dataclasses.field(default_factory=list)
+  csv: list[str] | None = None                 # a table's CSV lines (header first), saved as .csv
 
 
 def save_output(out: Output, stem: str | os.PathLike, fmt: str = 'png') -> list[pathlib.Path]:
-  """Write <stem>.<fmt> (the figure) and <stem>.npz (its arrays), each atomically."""
+  """Write <stem>.<fmt> (the figure), <stem>.npz (its arrays) and, for a table, <stem>.csv, each
+  atomically."""
   from ndjax import fileio
   stem = pathlib.Path(stem)
   stem.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +233,12 @@ def save_output(out: Output, stem: str | os.PathLike, fmt: str = 'png') -> list[
   fileio.atomic_write(str(arrays_path), buf.getvalue())
   import matplotlib.pyplot as plt
   plt.close(out.figure)
-  return [figure_path, arrays_path]
+  paths = [figure_path, arrays_path]
+  if out.csv is not None:
+    csv_path = stem.with_name(stem.name + '.csv')
+    fileio.atomic_write(str(csv_path), ''.join(line + '\n' for line in out.csv))
+    paths.append(csv_path)
+  return paths
 
 
 def grid_figure(rows: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str] = (),
@@ -305,6 +312,7 @@ class Options:
   top: int = 9                      # patches: how many; analyses: how many concepts/units
   concept: str | None = None        # analyses: a concept label
   perplexity: float = 30.0          # t-SNE
+  probe_images: int = 500           # t-SNE: the first N probe-set images
   batch_size: int = 16
 
 
