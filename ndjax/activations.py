@@ -83,7 +83,7 @@ def tap_shapes(model: nnx.Module, taps: Sequence[str], image_hw: tuple[int, int]
 
 
 def pooled(module: nnx.Module, ds, layer: str, batch_size: int = 8, progress: bool = True,
-           indices=None) -> 'np.ndarray':
+           indices=None):
   """(N, K) float64 global average of `layer` per probe image (one forward pass, images of one
   size batched together): the features of linear probes and of the toolbox's t-SNE.
   indices: which images (default all, in order)."""

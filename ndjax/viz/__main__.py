@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import sys
 
 from absl import app, flags
 
