@@ -152,7 +152,8 @@ def _softmax(logits) -> np.ndarray:
 
 
 def _batches(ctx: common.Context, run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """run(x, classes) -> (maps, logits) over ctx.images in batches: (maps, classes, probabilities)."""
+  """run(x, classes) -> (maps, logits) over ctx.images in batches -> (maps, classes,
+  probabilities of those classes)."""
   maps, classes, probs = [], [], []
   size = ctx.options.batch_size
   for start in range(0, len(ctx.images), size):
@@ -181,7 +182,8 @@ def _output(ctx: common.Context, method: str, layer: str, maps, classes, probs) 
   fig.tight_layout()
   h, w = maps.shape[1:]
   lines = [f'{method} at {layer} ({h}x{w}), {ctx.model}:']
-  lines += [f'  {name}: {label} p={p:.3f}; peak at cell ({i}, {j}), image pixel (y={y}, x={x})'
+  lines += [f'  {name}: {label} p={p:.3f}; peak at cell ({i}, {j}), receptive field centred at '
+             f'pixel (y={y}, x={x})'
             for name, label, p, (i, j, y, x) in zip(ctx.image_names, labels, probs, where)]
   arrays = dict(maps=maps, classes=classes, probabilities=probs.astype(np.float32), peaks=where)
   return common.Output(figure=fig, arrays=arrays, lines=lines)
