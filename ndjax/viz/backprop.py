@@ -27,21 +27,28 @@ from ndjax.viz import common
 KEEPS = ('map', 'max')
 
 
-def unit_signal(acts: jax.Array, unit: int, keep: str) -> jax.Array:
-  """The top signal: (B, h, w, K) zeros except unit `unit`, which keeps its own activation over its
-  whole map (keep='map') or at its argmax position only (keep='max'). Held constant
+def unit_signal(acts: jax.Array, unit, keep: str) -> jax.Array:
+  """The top signal: (B, h, w, K) zeros except unit `unit` (an int, or one per image: (B,) ints),
+  which keeps its own activation over its whole map (keep='map') or at its argmax position only
+  (keep='max'; ties to the first in row-major order, as numpy's argmax). Held constant
   (stop_gradient): it is the vector of the VJP, not part of the function."""
-  a = acts[..., unit]
+  if keep not in KEEPS:
+    raise common.VizError(f'unknown keep {keep!r}; valid: {", ".join(KEEPS)}')
+  units = jnp.broadcast_to(jnp.asarray(unit, jnp.int32), acts.shape[:1])
+  select = jax.nn.one_hot(units, acts.shape[-1], dtype=acts.dtype)[:, None, None, :]
+  a = (acts * select).sum(axis=-1)                                      # (B, h, w)
   if keep == 'map':
     kept = a
-  elif keep == 'max':
+  else:
     flat = a.reshape(a.shape[0], -1)
     at_max = jax.nn.one_hot(flat.argmax(axis=1), flat.shape[1], dtype=a.dtype)
     kept = (at_max * flat.max(axis=1, keepdims=True)).reshape(a.shape)
-  else:
-    raise common.VizError(f'unknown keep {keep!r}; valid: {", ".join(KEEPS)}')
-  signal = jnp.zeros_like(acts).at[..., unit].set(kept)
-  return jax.lax.stop_gradient(signal)
+  return jax.lax.stop_gradient(kept[..., None] * select)
+
+
+def _project(net: common.Net, state, x, layer: str, units, rule: str, keep: str) -> jax.Array:
+  acts, pull_back = jax.vjp(lambda v: net.apply(state, v, (layer,), nonlinearity=rule)[layer], x)
+  return pull_back(unit_signal(acts, units, keep))[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6))
@@ -49,8 +56,15 @@ def project(net: common.Net, state, x, layer: str, unit: int, rule: str,
             keep: str = 'max') -> jax.Array:
   """(B, H, W, C) unit `unit` of `layer` projected onto the (preprocessed) input `x` under the
   backward rule `rule` ('deconvnet', 'guided'; 'standard' gives the plain gradient)."""
-  acts, pull_back = jax.vjp(lambda v: net.apply(state, v, (layer,), nonlinearity=rule)[layer], x)
-  return pull_back(unit_signal(acts, unit, keep))[0]
+  return _project(net, state, x, layer, unit, rule, keep)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 5, 6))
+def project_units(net: common.Net, state, x, layer: str, units, rule: str,
+                  keep: str = 'max') -> jax.Array:
+  """`project` with one unit per image ((B,) ints, traced: one compilation serves every unit),
+  as the report's views need: each image is some unit's top image."""
+  return _project(net, state, x, layer, units, rule, keep)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
@@ -79,15 +93,17 @@ def signed_rgb(projection: np.ndarray, percentile: float = 99.5) -> np.ndarray:
   return np.clip(0.5 + 0.5 * p / scale, 0.0, 1.0)
 
 
-def boxed(image01: np.ndarray, box: tuple[int, int, int, int], width: int = 2) -> np.ndarray:
-  """A copy of a float [0, 1] RGB image with a yellow frame around (top, left, bottom, right)."""
+def boxed(image01: np.ndarray, box: tuple[int, int, int, int], width: int = 2,
+          colour: tuple[float, float, float] = (1.0, 0.9, 0.0)) -> np.ndarray:
+  """A copy of a float [0, 1] RGB image with a frame (yellow by default) around
+  (top, left, bottom, right)."""
   out = np.array(image01, np.float32)
   top, left, bottom, right = box
-  yellow = np.array([1.0, 0.9, 0.0], np.float32)
-  out[top:top + width, left:right] = yellow
-  out[max(top, bottom - width):bottom, left:right] = yellow
-  out[top:bottom, left:left + width] = yellow
-  out[top:bottom, max(left, right - width):right] = yellow
+  colour = np.asarray(colour, np.float32)
+  out[top:top + width, left:right] = colour
+  out[max(top, bottom - width):bottom, left:right] = colour
+  out[top:bottom, left:left + width] = colour
+  out[top:bottom, max(left, right - width):right] = colour
   return out
 
 

@@ -99,6 +99,10 @@ def occlusion_attribution(net: common.Net, state, x, classes, window: int = 32, 
   return jnp.broadcast_to(per_pixel[..., None], x.shape)
 
 
+def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+  return np.clip((values - low) / ((high - low) or 1.0), 0.0, 1.0)
+
+
 def main(ctx: common.Context) -> common.Output:
   """CLI 'occlusion': the target class's probability as the grey square moves over each photo."""
   net, o = ctx.net, ctx.options
@@ -111,7 +115,7 @@ def main(ctx: common.Context) -> common.Output:
   p0 = np.asarray(class_probability(net, net.state, x, classes))
   per_pixel = np.asarray(mean_over_squares(probs, hw, o.window, o.stride))
   tops, lefts = corners(hw[0], o.window, o.stride), corners(hw[1], o.window, o.stride)
-  rows, lines, minima, where = [], [], [], []
+  rows, lines, minima, where, captions = [], [], [], [], []
   for image, p_map, heat, p, c, name in zip(ctx.images, probs, per_pixel, p0, np.asarray(classes),
                                             ctx.image_names):
     i, j = np.unravel_index(p_map.argmin(), p_map.shape)
@@ -119,8 +123,14 @@ def main(ctx: common.Context) -> common.Output:
     box = (top, left, min(top + o.window, hw[0]), min(left + o.window, hw[1]))
     minima.append(p_map[i, j])
     where.append(box)
+    # colours span this image's own range (a 32 px square often moves p by a few tenths only):
+    # blue = the lowest probability, red = the highest (unoccluded or above)
+    low, high = float(p_map.min()), float(max(p_map.max(), p))
+    rows.append([image, boxed(common.overlay(image, _stretch(heat, low, high)), box,
+                              colour=(1.0, 1.0, 1.0)), _stretch(p_map, low, high)])
     label = common.class_label(int(c), net.num_classes)
-    rows.append([image, boxed(common.overlay(image, heat), box), p_map])
+    captions.append(f'{label}\np={p:.3f} unoccluded\nmin {low:.3f} (white square)\n'
+                    f'colours: blue {low:.3f} .. red {high:.3f}')
     lines.append(f'{name}  {label}  p unoccluded {p:.4f}  min p {p_map[i, j]:.4f} with the square '
                  f'at rows {box[0]}:{box[2]} cols {box[1]}:{box[3]}')
   fig = common.grid_figure(
@@ -129,10 +139,9 @@ def main(ctx: common.Context) -> common.Output:
                   'p(class) per square position'],
       title=f'occlusion: {ctx.model}, {o.window}px square, stride {o.stride}, '
       f'value {o.baseline:g}')
+  for row, text in enumerate(captions):
+    caption(fig.axes[3 * row], text)
   classes = np.asarray(classes)
-  for row, (p, c, low) in enumerate(zip(p0, classes, minima)):
-    caption(fig.axes[3 * row], f'{common.class_label(int(c), net.num_classes)}\n'
-                               f'p={p:.3f} unoccluded\nmin {low:.3f} (yellow square)')
   return common.Output(figure=fig,
                        arrays=dict(probability_map=probs, probability=p0, classes=classes,
                                    per_pixel=per_pixel, min_window=np.array(where)),
