@@ -16,6 +16,7 @@ from ndjax import cli
 # method -> (module, function, what it needs: 'images' (photos), 'model', 'results')
 METHODS = {
     'patches': ('ndjax.viz.patches', 'main', {'results'}),
+    'views': ('ndjax.viz.unitviews', 'main', {'results'}),   # the report's --viz views, after the fact
     'occlusion': ('ndjax.viz.occlusion', 'main', {'model', 'images'}),
     'saliency': ('ndjax.viz.saliency', 'main', {'model', 'images'}),
     'deconvnet': ('ndjax.viz.backprop', 'main_deconvnet', {'model', 'images'}),
@@ -58,9 +59,11 @@ flags.DEFINE_integer('window', 32, 'occlusion: side of the grey square, in input
 flags.DEFINE_integer('stride', 8, 'occlusion: step of the square, in input pixels.', lower_bound=1)
 flags.DEFINE_float('baseline', 0.0, "occlusion: the square's value in model input space (0: the "
                    'mean colour).')
-flags.DEFINE_integer('steps', 200, 'Optimisation steps (class model, inversion, DeepDream).',
-                     lower_bound=1)
-flags.DEFINE_float('lr', 1.0, 'Step size of those optimisations.', lower_bound=0)
+flags.DEFINE_integer('steps', None, 'Optimisation steps. Default per method: class_model 200, '
+                     'inversion 100, deepdream 10 per octave.', lower_bound=1)
+flags.DEFINE_float('lr', None, 'Step size of those optimisations. Default per method: class_model '
+                   '300 (SGD, grey levels), inversion 0.05 (Adam), deepdream 1.5 (normalised step, '
+                   'grey levels).', lower_bound=0)
 flags.DEFINE_float('l2', 1e-4, 'class_model: L2 decay of the image.', lower_bound=0)
 flags.DEFINE_integer('blur_every', 0, 'class_model: Gaussian blur every k steps (0: off).',
                      lower_bound=0)
@@ -69,7 +72,7 @@ flags.DEFINE_float('clip_norm_pct', 0.0, 'class_model: zero pixels whose norm is
                    'percentile.', lower_bound=0, upper_bound=100)
 flags.DEFINE_float('clip_contrib_pct', 0.0, 'class_model: zero pixels whose contribution is below '
                    'this percentile.', lower_bound=0, upper_bound=100)
-flags.DEFINE_float('tv_weight', 1.0, 'inversion: total-variation weight.', lower_bound=0)
+flags.DEFINE_float('tv_weight', 0.01, 'inversion: total-variation weight.', lower_bound=0)
 flags.DEFINE_float('alpha', 6.0, 'inversion: alpha of the alpha-norm regulariser.', lower_bound=1)
 flags.DEFINE_float('alpha_weight', 1e-5, 'inversion: weight of the alpha-norm.', lower_bound=0)
 flags.DEFINE_integer('octaves', 4, 'deepdream: octaves.', lower_bound=1)
@@ -81,7 +84,8 @@ flags.DEFINE_string('concept', None, 'analyses: a concept label (e.g. dog, grass
 flags.DEFINE_float('perplexity', 30.0, 't-SNE perplexity.', lower_bound=1)
 flags.DEFINE_integer('probe_images', 500, "t-SNE: embed the first N images of the probe set (the "
                      "--results folder's, else the built-in one).", lower_bound=2)
-flags.DEFINE_integer('batch_size', 16, 'Images per forward batch.', lower_bound=1)
+flags.DEFINE_integer('batch_size', 16, 'Images per forward batch (occlusion: occluded copies '
+                     'per forward pass).', lower_bound=1)
 
 PROG = 'ndjax.viz'
 

@@ -28,13 +28,18 @@ from jax.tree_util import Partial
 
 from ndjax.viz import common
 
-# What `main` uses when the options leave lr or steps unset (None): tuned on MobileNetV2 ImageNet
-# at 224 px (see the module report); in pixel units, so they also serve Caffe-space models.
+# What `main` uses when the options leave lr or steps unset (None). In pixel units the class
+# score's gradient is small (~3e-5 per grey level for MobileNetV2's goldfish at the mean image), so
+# the SGD rate is large: 300 takes the goldfish logit from ~0 to ~100 in 200 steps at 224 px
+# (~1 min here) and serves VGG16's units too (with --l2=1e-4 and the 0-255 bounds).
 DEFAULT_STEPS = 200
-DEFAULT_LR = 1.0
+DEFAULT_LR = 300.0
+# A unit is visualised from small seeded noise (pixel units), not from the mean image: a deep
+# ReLU unit is often off (output and gradient 0) on the flat mean image, and would never move.
+UNIT_NOISE = 10.0
 
 
-# --- pixel units -------------------------------------------------------------------------------------
+# --- pixel units ----------------------------------------------------------------------------------
 def pixel_gain(net: common.Net) -> jax.Array:
   """(C,) model-input units per 0-255 pixel unit, in the model's channel order: x = u * gain maps
   a deviation u from the mean image (pixel units) to the model's input (`preprocess` is affine:
@@ -42,6 +47,15 @@ def pixel_gain(net: common.Net) -> jax.Array:
   from ndjax.models import layers
   p = layers.PREPROCESSING[net.module.preprocessing]
   return jnp.asarray(p['scale'], jnp.float32) / jnp.asarray(p['std'], jnp.float32)
+
+
+def pixel_bounds(net: common.Net) -> tuple[jax.Array, jax.Array]:
+  """(low, high), each (C,): the pixel-unit deviations u from the mean that keep the image inside
+  0-255 (u = pixel - mean / scale, in the model's channel order)."""
+  from ndjax.models import layers
+  p = layers.PREPROCESSING[net.module.preprocessing]
+  mean = jnp.asarray(p['mean'], jnp.float32) / p['scale']
+  return -mean, 255.0 - mean
 
 
 def _in_pixels(score_fn, gain, u):
@@ -81,7 +95,7 @@ def unit_score(net: common.Net, state, layer: str, unit: int) -> Partial:
   return Partial(_unit_mean(net, layer), state, jnp.asarray(unit, jnp.int32))
 
 
-# --- Yosinski's regularisers ---------------------------------------------------------------------
+# --- Yosinski's regularisers ----------------------------------------------------------------------
 def gaussian_blur(x: jax.Array, sigma: float) -> jax.Array:
   """(B, H, W, C) blurred over H and W per channel: scipy.ndimage.gaussian_filter's kernel
   (truncated at 4 sigma) and boundary ('reflect', numpy's 'symmetric'), the filter Yosinski's
@@ -109,10 +123,10 @@ def zero_below_percentile(x: jax.Array, values: jax.Array, pct: float) -> jax.Ar
   return jnp.where((values < threshold)[..., None], jnp.zeros((), x.dtype), x)
 
 
-# --- the ascent -------------------------------------------------------------------------------------
+# --- the ascent -----------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=('steps', 'blur_every', 'blur_sigma', 'clip_norm_pct',
                                              'clip_contrib_pct'))
-def _ascend(score_fn, x0, lr, l2, *, steps, blur_every, blur_sigma, clip_norm_pct,
+def _ascend(score_fn, x0, lr, l2, bounds, *, steps, blur_every, blur_sigma, clip_norm_pct,
             clip_contrib_pct):
   opt = optax.sgd(lr)
 
@@ -130,6 +144,8 @@ def _ascend(score_fn, x0, lr, l2, *, steps, blur_every, blur_sigma, clip_norm_pc
       x = zero_below_percentile(x, jnp.abs(x * g_score).sum(-1), clip_contrib_pct)
     if clip_norm_pct > 0:
       x = zero_below_percentile(x, jnp.linalg.norm(x, axis=-1), clip_norm_pct)
+    if bounds is not None:
+      x = jnp.clip(x, *bounds)
     return (x, opt_state), scores
 
   (x, _), history = jax.lax.scan(step, (x0, opt.init(x0)), jnp.arange(steps))
@@ -143,8 +159,8 @@ def _score_and_grad(score_fn, x):
 
 
 def ascend(score_fn, x0, steps: int, lr: float, l2: float, blur_every: int = 0,
-           blur_sigma: float = 0.5, clip_norm_pct: float = 0.0,
-           clip_contrib_pct: float = 0.0) -> tuple[jax.Array, jax.Array]:
+           blur_sigma: float = 0.5, clip_norm_pct: float = 0.0, clip_contrib_pct: float = 0.0,
+           bounds: tuple | None = None) -> tuple[jax.Array, jax.Array]:
   """Gradient ascent on score_fn(x) - l2 * ||x||^2 per image from x0 -> (x, history).
 
   score_fn: x (B, H, W, C) -> (B,) scores (a `Partial` from `class_score`/`unit_score` keeps the
@@ -152,7 +168,9 @@ def ascend(score_fn, x0, steps: int, lr: float, l2: float, blur_every: int = 0,
   Each step: SGD update x += lr * (dS/dx - 2 l2 x); then, after every `blur_every`-th update, a
   Gaussian blur of `blur_sigma` px; then pixels whose contribution sum_c |x * dS/dx| (dS/dx at the
   step's start) is below the `clip_contrib_pct` percentile are zeroed; then those whose norm over
-  channels is below the `clip_norm_pct` percentile. 0 switches each regulariser off.
+  channels is below the `clip_norm_pct` percentile. 0 switches each regulariser off. Last, with
+  `bounds` = (low, high) (arrays broadcast against x), x is clipped into that box (a projected
+  ascent: `main` keeps the image a valid 0-255 picture).
   history: (steps + 1, B) the score before each update and, last, at the returned x.
   """
   if steps < 1:
@@ -161,12 +179,14 @@ def ascend(score_fn, x0, steps: int, lr: float, l2: float, blur_every: int = 0,
     raise common.VizError('clip percentiles must lie in [0, 100]')
   if not isinstance(score_fn, Partial):
     score_fn = Partial(score_fn)
-  return _ascend(score_fn, jnp.asarray(x0, jnp.float32), jnp.float32(lr), jnp.float32(l2),
+  if bounds is not None:
+    bounds = tuple(jnp.asarray(b, jnp.float32) for b in bounds)
+  return _ascend(score_fn, jnp.asarray(x0, jnp.float32), jnp.float32(lr), jnp.float32(l2), bounds,
                  steps=int(steps), blur_every=int(blur_every), blur_sigma=float(blur_sigma),
                  clip_norm_pct=float(clip_norm_pct), clip_contrib_pct=float(clip_contrib_pct))
 
 
-# --- the CLI ------------------------------------------------------------------------------------------
+# --- the CLI --------------------------------------------------------------------------------------
 def display(net: common.Net, x) -> np.ndarray:
   """(B, H, W, 3) in [0, 1]: the image with the mean added back (`deprocess`), its deviation from
   the mean stretched to its 99.5th percentile about mid grey (class models are faint)."""
@@ -181,7 +201,8 @@ def figure(images01: np.ndarray, history: np.ndarray, title: str):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   n = len(images01)
-  fig, axes = plt.subplots(1, n + 1, figsize=(3.2 * (n + 1), 3.4), squeeze=False)
+  fig, axes = plt.subplots(1, n + 1, figsize=(4.2 * (n + 1), 4.4), squeeze=False,
+                           gridspec_kw=dict(width_ratios=[1.3] * n + [1]))
   for ax, image in zip(axes[0], images01):
     ax.imshow(image)
     ax.axis('off')
@@ -215,8 +236,11 @@ def main(ctx: common.Context) -> common.Output:
   gain = pixel_gain(net)
   steps = o.steps if o.steps is not None else DEFAULT_STEPS
   lr = o.lr if o.lr is not None else DEFAULT_LR
-  u, history = ascend(in_pixels(score, gain), jnp.zeros((1, size, size, 3), jnp.float32), steps,
-                      lr, o.l2, o.blur_every, o.blur_sigma, o.clip_norm_pct, o.clip_contrib_pct)
+  u0 = jnp.zeros((1, size, size, 3), jnp.float32)
+  if ctx.unit is not None:
+    u0 = UNIT_NOISE * jax.random.normal(jax.random.key(o.seed), u0.shape, jnp.float32)
+  u, history = ascend(in_pixels(score, gain), u0, steps, lr, o.l2, o.blur_every, o.blur_sigma,
+                      o.clip_norm_pct, o.clip_contrib_pct, bounds=pixel_bounds(net))
   x = u * gain
   history = np.asarray(history)
   image = display(net, x)
@@ -224,8 +248,12 @@ def main(ctx: common.Context) -> common.Output:
            + (f', blur {o.blur_sigma:g} every {o.blur_every}' if o.blur_every else '')
            + (f', clip norm<p{o.clip_norm_pct:g}' if o.clip_norm_pct else '')
            + (f', clip contrib<p{o.clip_contrib_pct:g}' if o.clip_contrib_pct else ''))
-  lines = [f'{what}: score {history[0, 0]:.4g} at the zero (mean) image -> {history[-1, 0]:.4g} '
-           f'after {steps} steps']
+  start = 'the zero (mean) image' if ctx.unit is None else f'noise (seed {o.seed})'
+  lines = [f'{what}: score {history[0, 0]:.4g} at {start} -> {history[-1, 0]:.4g} after {steps} '
+           'steps']
+  if not np.any(history):
+    lines.append('the unit never fired (a ReLU output that stays 0 has no gradient): try another '
+                 '--seed, or the module before its ReLU (e.g. features.28 for vgg16 conv5_3)')
   return common.Output(figure=figure(image, history, title),
                        arrays=dict(image=np.asarray(net.deprocess(x)), display=image,
                                    history=history),

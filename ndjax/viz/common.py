@@ -295,14 +295,14 @@ class Options:
   window: int = 32                  # occlusion: square side in input pixels
   stride: int = 8                   # occlusion: step in input pixels
   baseline: float = 0.0             # occlusion: the square's value in model input space (0: mean grey)
-  steps: int = 200                  # optimisation steps (class model, inversion, DeepDream per octave)
-  lr: float = 1.0                   # step size of those optimisations
+  steps: int | None = None          # optimisation steps (class model, inversion, DeepDream per
+  lr: float | None = None           # octave) and their step size; None: each method's default
   l2: float = 1e-4                  # class model: L2 decay of the image (Simonyan's lambda)
   blur_every: int = 0               # class model: Yosinski's Gaussian blur every k steps (0: off)
   blur_sigma: float = 0.5
   clip_norm_pct: float = 0.0        # class model: zero pixels whose norm is below this percentile
   clip_contrib_pct: float = 0.0     # class model: zero pixels whose contribution is below it
-  tv_weight: float = 1.0            # inversion: total-variation weight
+  tv_weight: float = 0.01           # inversion: total-variation weight
   alpha: float = 6.0                # inversion: the alpha of the alpha-norm regulariser
   alpha_weight: float = 1e-5        # inversion: its weight
   octaves: int = 4                  # DeepDream

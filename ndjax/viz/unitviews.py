@@ -94,3 +94,42 @@ def read(folder) -> dict | None:
     return None
   with np.load(path) as z:
     return {k: z[k] for k in z.files}
+
+
+def add_to_folder(folder, per_unit: int = 3, progress: bool = True) -> dict:
+  """Compute the views of an existing result folder with the network it names (results.json's
+  model, weights, seed), write viz.npz and redraw its report."""
+  from ndjax import api, report
+  from ndjax import results as results_lib
+  view = results_lib.load(folder)
+  if not view.view.plain:
+    raise common.VizError(f'{folder}: views are drawn for plain layers only, not {view.folder}')
+  if view.top is None:
+    raise common.VizError(f'{folder} has no topk.npz (dissected with --topk=0)')
+  meta = view.results
+  model = api.load_model(meta.get('model', ''), meta.get('weights'), int(meta.get('seed', 0)))
+  arrays = unit_views(common.Net.of(model), patches.open_probe(view), view.top, view.layer,
+                      patches.receptive_field(meta), min(per_unit, view.top['images'].shape[1]),
+                      progress=progress)
+  write(str(view.path), arrays)
+  report.write_report(view.path)
+  return arrays
+
+
+def main(ctx: common.Context) -> common.Output:
+  """CLI 'views': add the report's guided-backprop views to result folders after the fact (what
+  `ndjax.main --viz=N` does during a dissection); --top views per unit (default 3 here)."""
+  from ndjax import results as results_lib
+  rows, titles, lines = [], [], []
+  per_unit = ctx.options.top if ctx.options.top != common.Options.top else 3
+  for folder in ctx.results:
+    arrays = add_to_folder(folder, per_unit)
+    view = results_lib.load(folder)
+    best = sorted(view.units, key=lambda u: -u['iou'])[:6]
+    for rec in best:
+      pick = np.nonzero(arrays['units'] == rec['unit'] - 1)[0]
+      rows.append([im for i in pick for im in (arrays['patches'][i], arrays['guided'][i])])
+      titles.append(f'{view.folder} u{rec["unit"] - 1}: {rec["label"]} {rec["iou"]:.2f}')
+    lines.append(f'{folder}: {len(arrays["units"])} views written to viz.npz; report redrawn')
+  return common.Output(common.grid_figure(rows, titles, title='patch | guided backpropagation',
+                                          cell=1.2), {}, lines)
