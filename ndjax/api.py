@@ -258,19 +258,20 @@ def write_outputs(out: DissectOutput, ds, run_dir: str, *, model=None, meta: dic
                                       if module else None)}
     if res.top is not None:
       res.top.save(os.path.join(folder, 'topk.npz'))
-      if viz and module is not None and res.view.kind == 'identity':
-        from ndjax.viz import common as viz_common
-        from ndjax.viz import unitviews
-        top = {'images': res.top.images, 'values': res.top.values, 'maps': res.top.maps,
-               'map_hw': res.top.map_hw}
-        unitviews.write(folder, unitviews.unit_views(
-            viz_common.Net.of(module), ds, top, res.layer, module.receptive_field(res.layer),
-            min(viz, res.top.k), progress=progress))
     fileio.atomic_write(os.path.join(folder, COUNTS_NAME), counts_npz(res, ds))
     fileio.atomic_write(os.path.join(folder, 'tally.csv'), tally.tally_csv(labels, res.counts, ds))
     fileio.atomic_write(os.path.join(folder, 'results.json'),
                         tally.results_json(meta, layer_meta, labels, res.thresholds, ds,
                                            iou_threshold))
+    # after the results are on disk: a failure here cannot cost the dissection
+    if viz and res.top is not None and module is not None and res.view.kind == 'identity':
+      from ndjax.viz import common as viz_common
+      from ndjax.viz import unitviews
+      top = {'images': res.top.images, 'values': res.top.values, 'maps': res.top.maps,
+             'map_hw': res.top.map_hw}
+      unitviews.write(folder, unitviews.unit_views(
+          viz_common.Net.of(module), ds, top, res.layer, module.receptive_field(res.layer),
+          min(viz, res.top.k), progress=progress))
     if report:
       from ndjax import report as report_lib
       report_lib.write_report(folder, k=topk, dataset=ds)

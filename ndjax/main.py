@@ -164,6 +164,8 @@ def run() -> list[str]:
   for name in ('topk', 'viz', 'checkpoint_every', 'devices'):
     if getattr(FLAGS, name) < 0:
       raise UserError(f'--{name} must be >= 0, got {getattr(FLAGS, name)}')
+  if FLAGS.viz and not FLAGS.topk:
+    raise UserError('--viz draws views of each unit\'s top images: it needs --topk >= 1')
   if FLAGS.probe_images < 1:
     raise UserError(f'--probe_images must be positive, got {FLAGS.probe_images}')
   try:

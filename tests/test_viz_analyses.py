@@ -8,6 +8,8 @@ is checked against counts recomputed from the probe masks and a forward pass, by
 """
 from __future__ import annotations
 
+import pathlib
+
 import json
 from fractions import Fraction as F
 
@@ -407,11 +409,13 @@ def test_cli_methods(real_run, tmp_path):
                      *extra)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith(('run,', 'object,')) and lines[-1].endswith('.npz')
-    png = out / f'{method}_results{"_u3" if method == "concepts" else ""}.png'
-    assert png.is_file() and png.stat().st_size > 5000
-    with np.load(png.with_suffix('.npz')) as z:
-      assert len(z[z.files[0]]) == len(lines) - 3          # header and the two paths
+    assert lines[0].startswith(('run,', 'object,'))
+    png, npz, csv = (pathlib.Path(line) for line in lines[-3:])
+    assert (png.suffix, npz.suffix, csv.suffix) == ('.png', '.npz', '.csv')
+    assert png.name.startswith(method + '_') and png.is_file() and png.stat().st_size > 5000
+    assert csv.read_text().splitlines() == lines[:-3]      # the table, as printed
+    with np.load(npz) as z:
+      assert len(z[z.files[0]]) == len(lines) - 4          # header and the three paths
   r = ndjax_module('ndjax.viz', 'filtering', f'--results={folders[0]}', f'--outdir={out}',
                    '--concept=nosuchthing')
   assert r.returncode != 0 and 'unknown concept' in r.stderr and 'Traceback' not in r.stderr

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ndjax import models, results
 from ndjax.data import open_dataset
+from ndjax.models.layers import PREPROCESSING
 from ndjax.viz import backprop, common, patches, unitviews
 from tests.conftest import ndjax_module
 
@@ -56,6 +57,8 @@ def test_viz_views_are_each_units_top_images_cropped_to_their_windows(run):
     if n % 97 == 0:        # a sample: one guided backprop per view is slow on 2 cores
       g = np.asarray(backprop.project(net, net.state, net.preprocess(image[None]), 'conv5', u,
                                       'guided', 'max'))[0]
+      # w.r.t. RGB pixels: torch preprocessing is (p / 255 - mean) / std per channel
+      g = g / (255 * np.asarray(PREPROCESSING['torch']['std'], np.float32))
       t, l, b, r = p.window
       outside = g.copy()
       outside[max(t, 0):b, max(l, 0):r] = 0

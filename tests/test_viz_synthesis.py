@@ -108,36 +108,37 @@ def test_clip_contribution_zeroes_the_pixels_that_add_least_to_the_score():
   x, _ = class_model.ascend(_linear(w, 0.0), x0, 1, lr, l2, clip_contrib_pct=25)
   x = np.asarray(x)
   updated = _sgd_step(x0, w, lr, l2)
-  contribution = np.abs(updated * w).sum(-1)[0]                 # dS/dx = w for a linear score
+  contribution = np.abs((updated * w).sum(-1))[0]               # dS/dx = w for a linear score
   low = contribution < np.percentile(contribution, 25)
   assert low.sum() == 4
   assert np.all(x[0][low] == 0)
   np.testing.assert_allclose(x[0][~low], updated[0][~low], rtol=1e-6)
 
 
-def test_blur_applies_after_every_kth_update_only():
+def test_blur_applies_after_updates_1_k_plus_1_and_so_on():
+  """Yosinski's `if ii % blur_every == 0` with ii counting from 0."""
   rng = np.random.default_rng(4)
   x0, w = rng.normal(size=(2, 1, 7, 6, 3)).astype(np.float32)
   lr, l2, sigma = 0.3, 0.1, 0.8
   x, history = class_model.ascend(_linear(w, 0.0), x0, 3, lr, l2, blur_every=2, blur_sigma=sigma)
-  x1 = _sgd_step(x0.astype(np.float64), w, lr, l2)                 # update 1: no blur
-  x2 = _blur(_sgd_step(x1, w, lr, l2), sigma)                     # update 2: blurred
-  x3 = _sgd_step(x2, w, lr, l2)                                    # update 3: no blur
+  x1 = _blur(_sgd_step(x0.astype(np.float64), w, lr, l2), sigma)   # update 1 (ii=0): blurred
+  x2 = _sgd_step(x1, w, lr, l2)                                    # update 2: no blur
+  x3 = _blur(_sgd_step(x2, w, lr, l2), sigma)                      # update 3 (ii=2): blurred
   assert relative_error(np.asarray(x), x3) <= 1e-5
   expected_history = [(v * w).sum() for v in (x0, x1, x2, x3)]
   np.testing.assert_allclose(np.asarray(history)[:, 0], expected_history, rtol=1e-4, atol=1e-4)
 
 
 def test_regularisers_run_in_yosinskis_order_within_a_step():
-  """update -> blur -> contribution clip -> norm clip (his optimize_image), then the bounds."""
+  """update -> blur -> norm clip -> contribution clip (his optimize_image), then the bounds."""
   rng = np.random.default_rng(5)
   x0, w = rng.normal(size=(2, 1, 6, 6, 3)).astype(np.float32)
   lr, l2, sigma = 0.4, 0.1, 0.7
   x, _ = class_model.ascend(_linear(w, 0.0), x0, 1, lr, l2, blur_every=1, blur_sigma=sigma,
                             clip_norm_pct=40, clip_contrib_pct=30, bounds=(-0.3, 0.5))
   expected = _blur(_sgd_step(x0.astype(np.float64), w, lr, l2), sigma)
-  expected = _zero_below(expected, np.abs(expected * w).sum(-1), 30)
   expected = _zero_below(expected, np.linalg.norm(expected, axis=-1), 40)
+  expected = _zero_below(expected, np.abs((expected * w).sum(-1)), 30)
   expected = np.clip(expected, -0.3, 0.5)
   assert relative_error(np.asarray(x), expected) <= 1e-5
 

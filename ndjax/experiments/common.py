@@ -216,7 +216,8 @@ class Experiment:
                         cache_gb=FLAGS.cache_gb, progress=FLAGS.progress, **options)
       api.write_outputs(out, self.ds, str(run_dir), model=model, report=False,
                         meta={'experiment': self.name, 'experiment_command': self.command,
-                              'probe': self.probe_identity, 'weights_identity': identity})
+                              'probe': self.probe_identity, 'weights_identity': identity,
+                              'resolved': {'dataset': str(getattr(self.ds, 'root', '') or '')}})
       self.computed.append(f'{net.label}: {len(wanted)} folders')
     return {key: results.load(run_dir / folder) for key, (folder, _) in wanted.items()}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import pathlib
 
 from absl import app, flags
 
@@ -34,6 +35,9 @@ METHODS = {
     'filtering': ('ndjax.viz.analyses', 'main_filtering', {'results'}),
 }
 
+# methods whose output depends on --unit (the stem names it)
+UNIT_METHODS = {'patches', 'deconvnet', 'guided', 'class_model', 'concepts'}
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'mobilenet_v2', 'Zoo model (ndjax.models.MODELS).')
 flags.DEFINE_string('weights', None, "Weights: a registered name ('imagenet'), a checkpoint "
@@ -46,7 +50,8 @@ flags.DEFINE_string('target', None, 'Class: an index or (1000-class models) an I
                     "as 'Egyptian cat'. Default: each image's predicted class.")
 flags.DEFINE_list('images', ['chelsea'], 'Photos: names of scikit-image photos (chelsea, coffee, '
                   'astronaut, rocket, motorcycle_left, horse, hubble_deep_field) or image files.')
-flags.DEFINE_integer('size', 224, 'Images are resized (shorter side) and centre-cropped to this.')
+flags.DEFINE_integer('size', 224, 'Images are resized (shorter side) and centre-cropped to this.',
+                     lower_bound=32)
 flags.DEFINE_list('results', [], 'Dissection layer folders (<outdir>/<run>/<layer>) for patches, '
                   't-SNE and the analyses.')
 flags.DEFINE_string('outdir', 'ndjax_viz', 'Output folder.')
@@ -78,8 +83,8 @@ flags.DEFINE_float('alpha_weight', 1e-5, 'inversion: weight of the alpha-norm.',
 flags.DEFINE_integer('octaves', 4, 'deepdream: octaves.', lower_bound=1)
 flags.DEFINE_float('octave_scale', 1.4, 'deepdream: scale between octaves.', lower_bound=1)
 flags.DEFINE_integer('jitter', 16, 'deepdream: random shift, in pixels.', lower_bound=0)
-flags.DEFINE_integer('top', 9, 'patches: patches per unit; analyses: concepts or units listed.',
-                     lower_bound=1)
+flags.DEFINE_integer('top', None, 'patches: patches per unit (9); views: views per unit (3); '
+                     'analyses: concepts or units listed (5).', lower_bound=1)
 flags.DEFINE_string('concept', None, 'analyses: a concept label (e.g. dog, grass).')
 flags.DEFINE_float('perplexity', 30.0, 't-SNE perplexity.', lower_bound=1)
 flags.DEFINE_integer('probe_images', 500, "t-SNE: embed the first N images of the probe set (the "
@@ -121,10 +126,15 @@ def context(method: str):
 
 
 def output_stem(method: str, ctx) -> str:
-  parts = [method, ctx.model if ctx.net is not None else 'results']
-  if ctx.layer and ctx.net is not None:
-    parts.append(ctx.layer.replace('.', '-'))
-  if ctx.unit is not None:
+  """<method>_<model>[_<layer>] (or, from result folders, _<run>[-<layer>] of the first)
+  [_u<unit>][_<concept>]."""
+  if ctx.net is not None:
+    parts = [method, ctx.model] + ([ctx.layer.replace('.', '-')] if ctx.layer else [])
+  else:
+    first = pathlib.Path(ctx.results[0]).resolve() if ctx.results else pathlib.Path('results')
+    is_layer = (first / 'results.json').is_file()
+    parts = [method, f'{first.parent.name}-{first.name}' if is_layer else first.name]
+  if ctx.unit is not None and method in UNIT_METHODS:
     parts.append(f'u{ctx.unit}')
   if ctx.options.concept:
     parts.append(ctx.options.concept.replace(' ', '_').replace(os.sep, '_'))
@@ -152,6 +162,8 @@ def main(argv):
     paths = common.save_output(out, output_stem(method, ctx), FLAGS.format)
   except (common.VizError, api.NdjaxError, ResultsError) as e:
     cli.fail(str(e), PROG)
+  except OSError as e:
+    cli.fail(f'{e.filename or ""}: {e.strerror or e}' if e.filename else str(e), PROG)
   for line in out.lines:
     print(line)
   for path in paths:

@@ -469,7 +469,7 @@ def main_concepts(ctx: common.Context) -> common.Output:
   per_view, rows = [], []
   for view in views:
     unit = ctx.unit if ctx.unit is not None else best_unit(view)
-    mine = unit_concepts(view, unit, ctx.options.top)
+    mine = unit_concepts(view, unit, ctx.options.top or 5)
     per_view.append((f'{view.run}/{view.folder} unit {unit}', mine))
     rows += mine
   lines, arrays = table(rows, ['run', 'layer', 'unit', 'rank', 'label', 'category', 'iou',
@@ -481,7 +481,7 @@ def main_concept_units(ctx: common.Context) -> common.Output:
   """CLI 'concept_units': --concept's --top units in every folder, folders in the order given."""
   concept = _need_concept(ctx, 'concept_units')
   views = load_views(ctx.results)
-  rows = concept_units(views, concept, ctx.options.top)
+  rows = concept_units(views, concept, ctx.options.top or 5)
   lines, arrays = table(rows)
   return common.Output(figure_concept_units(rows, rows[0]['concept'], views[0].iou_threshold),
                        arrays, lines, csv=lines)
@@ -492,7 +492,7 @@ def main_parts(ctx: common.Context) -> common.Output:
   --top parts per object, --concept one object (or part)."""
   views = load_views(ctx.results)
   cooc = cooccurrence(open_probe(views[0]))
-  rows = part_detectors(views, cooc, ctx.options.top, ctx.options.concept)
+  rows = part_detectors(views, cooc, ctx.options.top or 5, ctx.options.concept)
   lines, arrays = table(rows, ['object', 'part', 'pixels', 'images', 'part_share', 'run',
                                'layer', 'unit', 'iou', 'detector'])
   return common.Output(figure_parts(rows, views[0].iou_threshold), arrays, lines, csv=lines)
@@ -502,6 +502,6 @@ def main_filtering(ctx: common.Context) -> common.Output:
   """CLI 'filtering': --concept's --top units per folder and their activation outside it."""
   concept = _need_concept(ctx, 'filtering')
   views = load_views(ctx.results)
-  rows = filtering_effect(views, concept, ctx.options.top)
+  rows = filtering_effect(views, concept, ctx.options.top or 5)
   lines, arrays = table(rows)
   return common.Output(figure_filtering(rows, rows[0]['concept']), arrays, lines, csv=lines)

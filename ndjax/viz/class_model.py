@@ -8,8 +8,9 @@ added back (`net.deprocess`), contrast-stretched about the mean grey.
 
 The core `ascend` is generic and pure: any x -> (B,) score function, one jit-compiled loop
 (`lax.scan`) whose update rule is optax's SGD on the negated objective. After each update it
-applies, in Yosinski's order (his `optimize_image`): a Gaussian blur every `blur_every` updates,
-then zeroes the pixels of small contribution, then those of small norm.
+applies, in the order of Yosinski's deep-visualization toolbox (`optimize_image`): a Gaussian blur
+after updates 1, k + 1, 2k + 1, ... (his `ii % blur_every == 0`), then zeroes the pixels of small
+norm, then those of small contribution |sum_c x * dS/dx| (his px_abs_benefit).
 
 `main` runs the ascent in PIXEL units: u, the deviation from the mean in 0-255 per channel (the
 Caffe space the papers worked in), mapped to the model's input by x = u * `pixel_gain(net)`. So
@@ -137,13 +138,13 @@ def _ascend(score_fn, x0, lr, l2, bounds, *, steps, blur_every, blur_sigma, clip
     updates, opt_state = opt.update(-(g_score - 2 * l2 * x), opt_state, x)
     x = optax.apply_updates(x, updates)
     if blur_every and blur_sigma > 0:
-      x = jax.lax.cond((i + 1) % blur_every == 0, lambda v: gaussian_blur(v, blur_sigma),
+      x = jax.lax.cond(i % blur_every == 0, lambda v: gaussian_blur(v, blur_sigma),
                        lambda v: v, x)
-    if clip_contrib_pct > 0:
-      # Yosinski's first-order estimate of what zeroing a pixel costs the score: |x * dS/dx|
-      x = zero_below_percentile(x, jnp.abs(x * g_score).sum(-1), clip_contrib_pct)
     if clip_norm_pct > 0:
       x = zero_below_percentile(x, jnp.linalg.norm(x, axis=-1), clip_norm_pct)
+    if clip_contrib_pct > 0:
+      # Yosinski's first-order estimate of what zeroing a pixel changes the score: |sum_c x dS/dx|
+      x = zero_below_percentile(x, jnp.abs((x * g_score).sum(-1)), clip_contrib_pct)
     if bounds is not None:
       x = jnp.clip(x, *bounds)
     return (x, opt_state), scores
@@ -165,10 +166,11 @@ def ascend(score_fn, x0, steps: int, lr: float, l2: float, blur_every: int = 0,
 
   score_fn: x (B, H, W, C) -> (B,) scores (a `Partial` from `class_score`/`unit_score` keeps the
   weights a traced argument; any other callable is compiled with what it closes over).
-  Each step: SGD update x += lr * (dS/dx - 2 l2 x); then, after every `blur_every`-th update, a
-  Gaussian blur of `blur_sigma` px; then pixels whose contribution sum_c |x * dS/dx| (dS/dx at the
-  step's start) is below the `clip_contrib_pct` percentile are zeroed; then those whose norm over
-  channels is below the `clip_norm_pct` percentile. 0 switches each regulariser off. Last, with
+  Each step: SGD update x += lr * (dS/dx - 2 l2 x); then, after updates 1, k + 1, 2k + 1, ...
+  (k = `blur_every`), a Gaussian blur of `blur_sigma` px; then pixels whose norm over channels is
+  below the `clip_norm_pct` percentile are zeroed; then those whose contribution
+  |sum_c x * dS/dx| (dS/dx at the step's start) is below the `clip_contrib_pct` percentile.
+  0 switches each regulariser off (Yosinski's optimize_image, in his order). Last, with
   `bounds` = (low, high) (arrays broadcast against x), x is clipped into that box (a projected
   ascent: `main` keeps the image a valid 0-255 picture).
   history: (steps + 1, B) the score before each update and, last, at the returned x.

@@ -88,8 +88,9 @@ class Net:
                      '(use e.g. --model=mobilenet_v2 --weights=imagenet)')
 
 
+@functools.cache
 def logits_fn(net: Net) -> Callable:
-  """x -> (B, classes) logits, jit-compiled."""
+  """(state, x) -> (B, classes) logits, jit-compiled once per net."""
   return jax.jit(lambda state, x: net.apply(state, x, logits=True)['logits'])
 
 
@@ -188,12 +189,13 @@ def class_label(index: int, num_classes: int | None) -> str:
 
 
 # --- display --------------------------------------------------------------------------------------
-def normalise(a, percentile: float = 99.5) -> np.ndarray:
+def normalise(a, percentile: float = 99.5, signed: bool | None = None) -> np.ndarray:
   """Scale a map or image-sized gradient into [0, 1] for display: divide by its `percentile`-th
-  absolute value (robust to a few huge pixels), clip. Signed inputs map 0 to 0.5."""
+  absolute value (robust to a few huge pixels), clip. signed: 0 maps to 0.5 (mid grey); None:
+  signed when the input has negative values."""
   a = np.asarray(a, np.float32)
   scale = np.percentile(np.abs(a), percentile) or 1.0
-  if (a < 0).any():
+  if signed or (signed is None and (a < 0).any()):
     return np.clip(0.5 + 0.5 * a / scale, 0, 1)
   return np.clip(a / scale, 0, 1)
 
@@ -309,7 +311,7 @@ class Options:
   octave_scale: float = 1.4
   jitter: int = 16
   seed: int = 0
-  top: int = 9                      # patches: how many; analyses: how many concepts/units
+  top: int | None = None            # patches (9), views (3), analyses (5): how many
   concept: str | None = None        # analyses: a concept label
   perplexity: float = 30.0          # t-SNE
   probe_images: int = 500           # t-SNE: the first N probe-set images

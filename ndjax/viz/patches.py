@@ -101,12 +101,10 @@ def unit_patches(view, unit: int, dataset, k: int = 9) -> tuple[list[np.ndarray]
 
 
 def open_probe(view):
-  """The probe set a result folder was dissected on (reopened from results.json)."""
-  from ndjax import report
-  ds, note = report._open_probe(view.results)
-  if ds is None:
-    raise common.VizError(f'{view.path}: {note}')
-  return ds
+  """The probe set a result folder was dissected on (reopened from results.json, cut to the
+  images it used, its labels checked: `analyses.open_probe`)."""
+  from ndjax.viz import analyses
+  return analyses.open_probe(view)
 
 
 def figure(rows: list[tuple[str, list[np.ndarray]]], k: int, title: str):
@@ -118,7 +116,7 @@ def main(ctx: common.Context) -> common.Output:
   """CLI 'patches': per result folder, --unit's top patches, or (no --unit) those of its eight
   best detectors."""
   from ndjax import results as results_lib
-  k = ctx.options.top
+  k = ctx.options.top or 9
   rows, arrays, lines = [], {}, []
   for folder in ctx.results:
     view = results_lib.load(folder)

@@ -28,10 +28,10 @@ def _resize(crop: np.ndarray, size: int) -> np.ndarray:
 
 
 def display(projection: np.ndarray, window) -> np.ndarray:
-  """A projection (H, W, 3) cropped to the window, shown as Zeiler & Fergus do: 0 is mid grey and
-  the largest |value| in the window spans the rest of the range (per view)."""
+  """A projection onto RGB pixels (H, W, 3) cropped to the window, shown as Zeiler & Fergus do: 0
+  is mid grey and the largest |value| in the window spans the rest of the range (per view)."""
   crop = patches.crop(projection, window, fill=0.0)
-  return common.to_uint8(255 * common.normalise(crop, percentile=100.0))
+  return common.to_uint8(255 * common.normalise(crop, percentile=100.0, signed=True))
 
 
 def unit_views(net: common.Net, dataset, top: dict, layer: str, rf, per_unit: int,
@@ -56,9 +56,10 @@ def unit_views(net: common.Net, dataset, top: dict, layer: str, rf, per_unit: in
   for members in by_shape.values():
     for start in range(0, len(members), batch_size):
       chunk = members[start:start + batch_size]
-      x = net.preprocess(np.stack([images[p.image] for _, p in chunk]))
+      pixels = np.stack([images[p.image] for _, p in chunk])
       units = np.array([u for u, _ in chunk], np.int32)
-      proj = np.asarray(backprop.project_units(net, net.state, x, layer, units, RULE, KEEP))
+      proj = backprop.project_units(net, net.state, net.preprocess(pixels), layer, units, RULE, KEEP)
+      proj = backprop.to_pixels(net, pixels, proj)     # model-input space -> RGB pixels
       for (unit, p), g in zip(chunk, proj):
         out[id(p)] = (_resize(patches.crop(images[p.image], p.window), size),
                       _resize(display(g, p.window), size))
@@ -121,7 +122,7 @@ def main(ctx: common.Context) -> common.Output:
   `ndjax.main --viz=N` does during a dissection); --top views per unit (default 3 here)."""
   from ndjax import results as results_lib
   rows, titles, lines = [], [], []
-  per_unit = ctx.options.top if ctx.options.top != common.Options.top else 3
+  per_unit = ctx.options.top or 3
   for folder in ctx.results:
     arrays = add_to_folder(folder, per_unit)
     view = results_lib.load(folder)
