@@ -94,6 +94,13 @@ def logits_fn(net: Net) -> Callable:
   return jax.jit(lambda state, x: net.apply(state, x, logits=True)['logits'])
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def class_probability(net: Net, state, x, classes) -> jax.Array:
+  """(B,) softmax probability of each image's target class (titles, printed lines, occlusion)."""
+  p = jax.nn.softmax(net.apply(state, x, logits=True)['logits'], axis=-1)
+  return jnp.take_along_axis(p, jnp.asarray(classes)[:, None], axis=1)[:, 0]
+
+
 def unit_objective(acts: jax.Array, unit: int, keep: str = 'mean') -> jax.Array:
   """(B,) score of one unit from its (B, h, w, K) layer output: 'mean' over the map, 'max' (its
   strongest position), or 'sum'."""
@@ -275,6 +282,13 @@ def grid_figure(rows: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str] 
   if title:
     fig.suptitle(title, fontsize=10, y=1 - 0.1 / height)
   return fig
+
+
+def caption(ax, text: str) -> None:
+  """Write `text` inside an image's axes, bottom left, on a dark box (grid cells have no room for
+  per-cell titles)."""
+  ax.text(0.02, 0.02, text, transform=ax.transAxes, ha='left', va='bottom', fontsize=7,
+          color='white', bbox=dict(facecolor='black', alpha=0.6, pad=1.5, linewidth=0))
 
 
 def overlay(image_uint8: np.ndarray, heat01: np.ndarray, alpha: float = 0.5,

@@ -21,7 +21,6 @@ import numpy as np
 
 from ndjax.viz import common
 from ndjax.viz.backprop import boxed
-from ndjax.viz.saliency import caption
 
 
 def corners(size: int, window: int, stride: int) -> np.ndarray:
@@ -73,11 +72,7 @@ def occlusion_map(net: common.Net, state, x, classes, window: int = 32, stride: 
   return probs.reshape(-1)[:total].reshape(n, tops.size, lefts.size)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def class_probability(net: common.Net, state, x, classes) -> jax.Array:
-  """(B,) the target class's probability on the unoccluded images."""
-  p = jax.nn.softmax(net.apply(state, x, logits=True)['logits'], axis=-1)
-  return jnp.take_along_axis(p, jnp.asarray(classes)[:, None], axis=1)[:, 0]
+class_probability = common.class_probability
 
 
 def mean_over_squares(values, hw: tuple[int, int], window: int, stride: int) -> jax.Array:
@@ -140,7 +135,7 @@ def main(ctx: common.Context) -> common.Output:
       title=f'occlusion: {ctx.model}, {o.window}px square, stride {o.stride}, '
       f'value {o.baseline:g}')
   for row, text in enumerate(captions):
-    caption(fig.axes[3 * row], text)
+    common.caption(fig.axes[3 * row], text)
   classes = np.asarray(classes)
   return common.Output(figure=fig,
                        arrays=dict(probability_map=probs, probability=p0, classes=classes,

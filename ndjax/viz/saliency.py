@@ -37,18 +37,8 @@ def saliency(net: common.Net, state, x, classes) -> jax.Array:
   return jnp.abs(gradient(net, state, x, classes)).max(axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def probabilities(net: common.Net, state, x, classes) -> jax.Array:
-  """(B,) softmax probability of each image's target class (for titles and printed lines)."""
-  p = jax.nn.softmax(net.apply(state, x, logits=True)['logits'], axis=-1)
-  return jnp.take_along_axis(p, jnp.asarray(classes)[:, None], axis=1)[:, 0]
-
-
-def caption(ax, text: str) -> None:
-  """Write `text` inside an image's axes, bottom left, on a dark box (grid cells have no room for
-  per-cell titles)."""
-  ax.text(0.02, 0.02, text, transform=ax.transAxes, ha='left', va='bottom', fontsize=7,
-          color='white', bbox=dict(facecolor='black', alpha=0.6, pad=1.5, linewidth=0))
+probabilities = common.class_probability     # (kept: the name the tests and callers use)
+caption = common.caption
 
 
 def figure(images: np.ndarray, maps: np.ndarray, names: list[str], captions: list[str]):
