@@ -347,9 +347,10 @@ def run(main) -> None:
     logging.getLogger().setLevel(logging.WARNING)      # library INFO chatter off the terminal
     for name in ('absl', 'jax', 'orbax'):
       logging.getLogger(name).setLevel(logging.WARNING)
+    from ndjax.viz.common import VizError
     try:
       main(argv)
-    except (ExperimentError, api.NdjaxError, results.ResultsError) as e:
+    except (ExperimentError, api.NdjaxError, results.ResultsError, VizError) as e:
       print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
       sys.exit(2)
   app.run(wrapped)

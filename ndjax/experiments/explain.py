@@ -32,8 +32,8 @@ FLAGS = flags.FLAGS
 VOC = 'voc'          # --photos token: the real VOC photos of the voc_smoke probe set
 DEFAULT_PHOTOS = ['chelsea', 'coffee', 'astronaut', 'rocket', 'motorcycle_left', 'horse', VOC]
 flags.DEFINE_string('model', 'mobilenet_v2:imagenet',
-                    'model:weights[:seed] (e.g. alexnet_gap_wide:random:1) whose head is global average pooling + one linear layer '
-                    '(ndjax.viz.cam.GAP_HEADS).')
+                    'model:weights[:seed] (e.g. alexnet_gap_wide:random:1) whose head is global '
+                    'average pooling + one linear layer (ndjax.viz.cam.GAP_HEADS).')
 flags.DEFINE_string('results', None,
                     'Dissection result folder of the same model at its pooled layer (e.g. '
                     'runs/mobilenet_v2_imagenet/features). Default: dissect the probe set '
@@ -53,7 +53,7 @@ flags.DEFINE_float('tau', 0.005, 'Top quantile of the dissection run when no --r
 flags.DEFINE_integer('size', 224, 'Photos are resized and centre-cropped to size x size.')
 
 
-# --- the numbers -----------------------------------------------------------------------------------
+# --- the numbers ----------------------------------------------------------------------------------
 def contributions(pooled: np.ndarray, kernel: np.ndarray, cls: int) -> np.ndarray:
   """(K,) float64 w_{c,n} x_n: unit n's share of the logit of class `cls` (pooled (K,) x_n, kernel
   (K, classes) the linear layer's). Float64 so that the split is exact up to the forward's own
@@ -176,7 +176,7 @@ def gap_head(net) -> tuple[str, str]:
   from ndjax.viz import cam
   from ndjax.viz import common as viz
   try:
-    return cam._gap_head(net)
+    return cam.gap_head(net)
   except viz.VizError as e:
     raise common.ExperimentError(str(e)) from None
 

@@ -51,10 +51,10 @@ GAP_HEADS = {
 def cam_layer(net: common.Net) -> str:
   """The tap CAM reads (the one the head's global average pool reads), or a VizError for a model
   whose head is not global average pooling + one linear layer."""
-  return _gap_head(net)[0]
+  return gap_head(net)[0]
 
 
-def _gap_head(net: common.Net) -> tuple[str, str]:
+def gap_head(net: common.Net) -> tuple[str, str]:
   arch = net.module.arch
   if arch not in GAP_HEADS:
     raise common.VizError(
@@ -77,7 +77,7 @@ def _cam(net: common.Net, tap: str, linear: str, state, x, classes):
 def cam_with_logits(net: common.Net, state, x, classes) -> tuple[jax.Array, jax.Array]:
   """(CAM maps (B, h, w) of class classes[b] for image b, logits (B, classes)) from one pass:
   the figure needs each class's probability, and the logits prove the decomposition."""
-  tap, linear = _gap_head(net)
+  tap, linear = gap_head(net)
   return _cam(net, tap, linear, state, x, jnp.asarray(classes, jnp.int32))
 
 
