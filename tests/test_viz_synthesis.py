@@ -364,3 +364,14 @@ def test_class_model_without_target_or_unit_is_one_clear_line(alexnet):
     class_model.main(_context(alexnet, 'alexnet', 'conv5', None, None, empty))
   with pytest.raises(common.VizError, match='out of range'):
     class_model.main(_context(alexnet, 'alexnet', 'conv2', 10_000, None, empty))
+
+
+def test_feature_visualisation_ascends_the_unit_before_its_relu():
+  """Post-ReLU taps map to the module their ReLU reads (torchvision's feature indices)."""
+  from ndjax import models
+  vgg, alex = models.build('vgg16'), models.build('alexnet')
+  assert class_model.pre_activation(vgg, 'conv5_3') == 'features.28'
+  assert class_model.pre_activation(vgg, 'conv1_1') == 'features.0'
+  assert class_model.pre_activation(alex, 'conv5') == 'features.10'
+  assert class_model.pre_activation(alex, 'pool5') == 'pool5'          # a max pool: itself
+  assert class_model.pre_activation(models.build('resnet18'), 'layer4') == 'layer4'

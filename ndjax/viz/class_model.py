@@ -218,15 +218,36 @@ def figure(images01: np.ndarray, history: np.ndarray, title: str):
   return fig
 
 
+def pre_activation(module, layer: str) -> str:
+  """The tap a post-ReLU layer's ReLU reads (vgg16 conv5_3 -> features.28), else `layer`.
+
+  Feature visualisation ascends the unit BEFORE its ReLU, as Yosinski's and Lucid's tools do: from
+  noise a deep unit is often off everywhere, and a ReLU output that stays 0 has no gradient, so the
+  ascent would never start; the pre-activation rises from below zero and the image that maximises
+  it maximises the ReLU output too.
+  """
+  path = module.resolve(layer)
+  paths = list(module._paths)
+  i = paths.index(path)
+  if module._descriptions.get(path, '').startswith('ReLU output') and i > 0:
+    before = paths[i - 1]
+    if module.channels(before) == module.channels(path):
+      return before
+  return layer
+
+
 def main(ctx: common.Context) -> common.Output:
-  """CLI 'class_model': with --unit, feature visualisation of that unit of --layer (any model);
-  otherwise the class model of --target (needs a classifier head)."""
+  """CLI 'class_model': with --unit, feature visualisation of that unit of --layer (any model;
+  its pre-ReLU value, see `pre_activation`); otherwise the class model of --target (needs a
+  classifier head)."""
   net, o = ctx.net, ctx.options
   size = int(ctx.images.shape[1])
   if ctx.unit is not None:
     unit = ctx.need_unit('feature visualisation')
-    score = unit_score(net, net.state, ctx.layer, unit)
-    what = f'{ctx.layer} unit {unit} (mean activation)'
+    tap = pre_activation(net.module, ctx.layer)
+    score = unit_score(net, net.state, tap, unit)
+    what = (f'{ctx.layer} unit {unit} (mean activation'
+            + (f' before its ReLU: {tap})' if tap != ctx.layer else ')'))
   else:
     if ctx.target is None:
       raise common.VizError('class_model needs --target (a class index or an ImageNet name such '
@@ -254,8 +275,8 @@ def main(ctx: common.Context) -> common.Output:
   lines = [f'{what}: score {history[0, 0]:.4g} at {start} -> {history[-1, 0]:.4g} after {steps} '
            'steps']
   if not np.any(history):
-    lines.append('the unit never fired (a ReLU output that stays 0 has no gradient): try another '
-                 '--seed, or the module before its ReLU (e.g. features.28 for vgg16 conv5_3)')
+    lines.append('the unit never fired (an output that stays 0 has no gradient): try another '
+                 '--seed or a larger --lr')
   return common.Output(figure=figure(image, history, title),
                        arrays=dict(image=np.asarray(net.deprocess(x)), display=image,
                                    history=history),
