@@ -7,15 +7,20 @@ made by hand), the images whose main object (the largest region of the fine obje
 such a cut-out are run through the classifier with units of `layer` zeroed through the models'
 intervention hook (`forward(..., edits={layer: fn})`): all detectors of the cut-out's concept
 (units whose best dissection label is that concept with IoU > the threshold), and --draws random
-sets of as many units. Reported per class: accuracy and mean P(class) before and after, their
-change, and 95% intervals from a bootstrap over the SOURCE PHOTOS (each class rests on one to
-four stamp photos; resampling images would treat twenty renderings of one soccer-ball photo as
-twenty soccer balls) and, for the random sets, over the draws as well.
+sets of as many units (with --single also the best detector alone against random single units).
+Reported per class: accuracy and mean P(class) before and after, their change, and 95% intervals
+from a bootstrap over the SOURCE PHOTOS (each class rests on one to four stamp photos; resampling
+images would treat twenty renderings of one soccer-ball photo as twenty soccer balls) and, for
+the random sets, over the draws as well.
 
 Which photo a composite's cut-out came from is not in the probe set's files: it is recovered by
 re-rendering image i of the built-in composite set (`composite.render` is a pure function of
 (seed, i) and the catalogue), after checking that the re-rendered object mask equals the stored
 one label for label.
+
+Most classes rest on ONE stamp photo: their per-class intervals then cover the random draws only
+(conditional on that photo) and the concept set alone gets none; the pooled claim over classes
+resamples classes, their photos and the draws (`pooled_ci`).
 
 python -m ndjax.experiments.ablation                          # MobileNetV2 ImageNet, features
 python -m ndjax.experiments.ablation --dissection=runs/mobilenet_v2_imagenet/features --draws=20
@@ -43,7 +48,8 @@ flags.DEFINE_string('model', 'mobilenet_v2:imagenet:features',
 flags.DEFINE_string('dissection', None,
                     'A finished dissection result folder of that model and layer over this probe '
                     'set, giving the unit labels. Default: dissect (or reuse) <outdir>/runs/.')
-flags.DEFINE_float('tau', 0.005, 'Top quantile of the dissection run when --dissection is not given.')
+flags.DEFINE_float('tau', 0.005,
+                   'Top quantile of the dissection run when --dissection is not given.')
 flags.DEFINE_float('iou_threshold', None,
                    'A unit detects a concept when that concept is its best label with IoU > this. '
                    'Default: the dissection\'s own threshold.')
@@ -58,6 +64,8 @@ flags.DEFINE_float('min_share', 0.0, 'An image counts for a class only when its 
 flags.DEFINE_integer('min_images', 5, 'Classes with fewer images are reported (base rate) but '
                      'not ablated.')
 flags.DEFINE_list('classes', [], 'Only these ImageNet classes of the map (default: all).')
+flags.DEFINE_bool('single', False, 'Also ablate each class\'s best detector alone (highest IoU), '
+                  'against --draws random single units.')
 
 LEVEL = 0.95
 
@@ -269,9 +277,10 @@ def select_images(ds, class_map, min_share: float, progress: bool = False, catal
   root = ds.root
   seed = composite_seed(root, len(ds.records))
   files = object_layers(root)
-  if len(files) != len(ds.records):
+  if len(files) < len(ds.records):
     raise common.ExperimentError(f'{root}/index.csv has {len(files)} rows for '
                                  f'{len(ds.records)} records')
+  files = files[:len(ds.records)]                 # --images keeps the first records
   labels = {m.label for m in class_map}
   stamp_class = {s: m.imagenet for m in class_map for s in m.stamps}
   candidates = []
@@ -498,6 +507,7 @@ def load_dissection(exp: common.Experiment, net: common.Network):
           f'--dissection={FLAGS.dissection} was made over {vd.results.get("probe")}, not over '
           f'{exp.probe_identity}')
     exp.reused.append(f'{net.label}: {vd.path}')
+    exp.runs = vd.path.parent            # what README.md names as the reused runs' folder
     timings = vd.results.get('timings_s', {})
     exp.reused_seconds += sum(timings.get(k, 0.0) for k in ('forward_and_threshold',
                                                             'threshold_refine', 'count'))
@@ -512,7 +522,8 @@ def effect_row(info: dict, base: dict, name: str, p: tuple, acc: tuple, after: b
   p, acc: bootstrap_ci's (estimate, low, high, resampled) of the change in P(class) / top-1."""
   out = dict(**info, ablation=name, **base)
   if after:
-    out.update(after_acc=round(base['base_acc'] + acc[0], 6), after_p=round(base['base_p'] + p[0], 6))
+    out.update(after_acc=round(base['base_acc'] + acc[0], 6),
+               after_p=round(base['base_p'] + p[0], 6))
   out.update(delta_acc=round(acc[0], 6), delta_acc_lo=round(acc[1], 6),
              delta_acc_hi=round(acc[2], 6), delta_p=round(p[0], 6), delta_p_lo=round(p[1], 6),
              delta_p_hi=round(p[2], 6), ci_over=p[3])
@@ -570,73 +581,88 @@ def main(argv):
   # the base rate first: every selected image, nothing ablated
   base_p, base_ok = evaluate(net, net_spec.layer, images, targets, np.ones((1, channels), bool),
                              FLAGS.batch_size, FLAGS.progress)
-  base_p, base_ok = base_p[:, 0], base_ok[:, 0]
+  base_p, base_ok = base_p[:, 0], base_ok[:, 0].astype(float)
 
-  rows, per_class, pooled_diff, pooled_acc_diff, per_image = [], [], [], [], []
+  rows, per_class, per_image = [], [], []
+  diffs: dict[str, list] = {}                  # family -> per class (G, draws) concept - random
   for m in class_map:
     mine = np.array([s.imagenet == m.imagenet for s in selected])
-    n = int(mine.sum())
-    if not n:
+    if not mine.any():
       continue
     photos = [s.stamp for s in selected if s.imagenet == m.imagenet]
     index = class_index[m.imagenet]
     units = concept_units(labels.best_label, labels.best_iou, vd.label_names, m.label, threshold)
-    info = {'class': m.imagenet, 'imagenet_index': index, 'probe_label': m.label, 'n_images': n,
-            'n_photos': len(set(photos)), 'n_units': len(units)}
-    base = dict(base_acc=float(group_means(base_ok[mine].astype(float), photos)[0].mean()),
-                base_p=float(group_means(base_p[mine], photos)[0].mean()))
+    info = {'class': m.imagenet, 'imagenet_index': index, 'probe_label': m.label,
+            'n_images': int(mine.sum()), 'n_photos': len(set(photos)), 'n_units': len(units)}
+    base = dict(base_acc=round(float(group_means(base_ok[mine], photos)[0].mean()), 6),
+                base_p=round(float(group_means(base_p[mine], photos)[0].mean()), 6))
     record = dict(**info, **base, units=units.tolist(), photos=dict(collections.Counter(photos)))
-    if n < FLAGS.min_images or not len(units):
-      why = f'none: {n} images < {FLAGS.min_images}' if len(units) else 'none: no detectors'
+    per_class.append(record)
+    if info['n_images'] < FLAGS.min_images or not len(units):
+      why = (f'none: {info["n_images"]} images < {FLAGS.min_images}' if len(units)
+             else 'none: no detectors')
       rows.append(dict(**info, ablation=why, **base))
-      per_class.append(record)
       continue
+    # the ablations: the concept's detectors (and with --single its best one alone), each with
+    # --draws random sets of as many units, all evaluated in one batch of unit masks
+    families = {'concept detectors': units}
+    if FLAGS.single:
+      families['best detector alone'] = units[[int(np.argmax(labels.best_iou[units]))]]
     rng = np.random.default_rng([FLAGS.seed, index])
     pool = random_pool(units, labels.best_iou, threshold, FLAGS.random_from)
-    draws = random_sets(rng, pool, len(units), FLAGS.draws)
-    keeps = np.stack([keep_mask(u, channels) for u in [units, *draws]])
-    p, ok = evaluate(net, net_spec.layer, images[mine], targets[mine], keeps, FLAGS.batch_size,
+    draws = {name: random_sets(rng, pool, len(u), FLAGS.draws) for name, u in families.items()}
+    sets = [u for name in families for u in [families[name], *draws[name]]]
+    p, ok = evaluate(net, net_spec.layer, images[mine], targets[mine],
+                     np.stack([keep_mask(u, channels) for u in sets]), FLAGS.batch_size,
                      FLAGS.progress)
-    dp = p - base_p[mine][:, None]                          # (n, 1 + draws)
-    dacc = ok.astype(float) - base_ok[mine][:, None].astype(float)
+    dp = p - base_p[mine][:, None]
+    dacc = ok.astype(float) - base_ok[mine][:, None]
     stat = functools.partial(bootstrap_ci, groups=photos, n_boot=FLAGS.boot,
                              seed=FLAGS.seed * 100003 + index)
-    class_rows = [effect_row(info, base, 'concept detectors', stat(dp[:, :1]), stat(dacc[:, :1]))]
-    class_rows += [effect_row(info, base, f'random {k}', stat(dp[:, k:k + 1]),
-                              stat(dacc[:, k:k + 1])) for k in range(1, FLAGS.draws + 1)]
-    if FLAGS.draws:
-      diff_p, diff_acc = dp[:, :1] - dp[:, 1:], dacc[:, :1] - dacc[:, 1:]    # (n, draws)
-      class_rows += [
-          effect_row(info, base, f'random (all {FLAGS.draws} draws)', stat(dp[:, 1:]),
-                     stat(dacc[:, 1:])),
-          effect_row(info, base, 'concept - random', stat(diff_p), stat(diff_acc), after=False)]
-      pooled_diff.append(group_means(diff_p, photos)[0])
-      pooled_acc_diff.append(group_means(diff_acc, photos)[0])
-      record.update(random_units=draws.tolist(), beats_every_draw=bool(
-          class_rows[0]['delta_p'] < min(r['delta_p'] for r in class_rows[1:FLAGS.draws + 1])))
-    rows += class_rows
-    record['rows'] = class_rows
-    per_class.append(record)
-    mine_selected = [s for s in selected if s.imagenet == m.imagenet]
-    for r, s in enumerate(mine_selected):
+    record['families'] = {}
+    for f, name in enumerate(families):
+      first = f * (1 + FLAGS.draws)
+      cols = slice(first, first + 1)
+      rand = slice(first + 1, first + 1 + FLAGS.draws)
+      fam = [effect_row(info, base, name, stat(dp[:, cols]), stat(dacc[:, cols]))]
+      fam += [effect_row(info, base, f'{name}: random {k + 1}', stat(dp[:, [first + 1 + k]]),
+                         stat(dacc[:, [first + 1 + k]])) for k in range(FLAGS.draws)]
+      if FLAGS.draws:
+        diff_p, diff_acc = dp[:, cols] - dp[:, rand], dacc[:, cols] - dacc[:, rand]
+        fam += [effect_row(info, base, f'{name}: random (all {FLAGS.draws} draws)',
+                           stat(dp[:, rand]), stat(dacc[:, rand])),
+                effect_row(info, base, f'{name} - random', stat(diff_p), stat(diff_acc),
+                           after=False)]
+        diffs.setdefault(name, []).append((group_means(diff_p, photos)[0],
+                                           group_means(diff_acc, photos)[0]))
+      rows += fam
+      record['families'][name] = dict(
+          units=families[name].tolist(), random_units=draws[name].tolist(),
+          concept=fam[0], random=fam[-2] if FLAGS.draws else None,
+          difference=fam[-1] if FLAGS.draws else None,
+          draws=[dict(delta_p=r['delta_p'], delta_acc=r['delta_acc'])
+                 for r in fam[1:1 + FLAGS.draws]],
+          beats_every_draw=bool(FLAGS.draws) and bool(
+              fam[0]['delta_p'] < min(r['delta_p'] for r in fam[1:1 + FLAGS.draws])))
+    for r, s in enumerate(s for s in selected if s.imagenet == m.imagenet):
       per_image.append(dict(image=ds.records[s.index].image, imagenet=m.imagenet, stamp=s.stamp,
                             share=round(s.share, 4), base_p=round(float(base_p[mine][r]), 6),
-                            concept_p=round(float(p[r, 0]), 6),
-                            random_p=[round(float(v), 6) for v in p[r, 1:]]))
-  # overall base rate: image-weighted over every selected image, and the mean over classes
+                            ablated_p=[round(float(v), 6) for v in p[r]]))
+
+  # the base rate over every selected image, and the mean over classes
   overall = dict(images=len(selected), classes=len(per_class),
                  top1=float(base_ok.mean()), mean_p=float(base_p.mean()),
                  class_mean_top1=float(np.mean([r['base_acc'] for r in per_class])),
                  class_mean_p=float(np.mean([r['base_p'] for r in per_class])))
   pooled = {}
-  if pooled_diff:
-    est, lo, hi = pooled_ci(pooled_diff, FLAGS.boot, FLAGS.seed)
-    est_a, lo_a, hi_a = pooled_ci(pooled_acc_diff, FLAGS.boot, FLAGS.seed)
-    ablated = [r for r in per_class if 'rows' in r]
-    pooled = dict(classes=len(pooled_diff), delta_p_diff=est, delta_p_diff_ci=[lo, hi],
-                  delta_acc_diff=est_a, delta_acc_diff_ci=[lo_a, hi_a],
-                  beats_every_draw=sum(r['beats_every_draw'] for r in ablated),
-                  diff_ci_below_zero=sum(r['rows'][-1]['delta_p_hi'] < 0 for r in ablated))
+  for name, per in diffs.items():
+    est, lo, hi = pooled_ci([d for d, _ in per], FLAGS.boot, FLAGS.seed)
+    est_a, lo_a, hi_a = pooled_ci([a for _, a in per], FLAGS.boot, FLAGS.seed)
+    fams = [r['families'][name] for r in per_class if 'families' in r]
+    pooled[name] = dict(classes=len(per), delta_p_diff=est, delta_p_diff_ci=[lo, hi],
+                        delta_acc_diff=est_a, delta_acc_diff_ci=[lo_a, hi_a],
+                        beats_every_draw=sum(f['beats_every_draw'] for f in fams),
+                        diff_ci_below_zero=sum(f['difference']['delta_p_hi'] < 0 for f in fams))
   summary = dict(model=net_spec.label, layer=net_spec.layer, dissection=str(vd.path),
                  iou_threshold=threshold, random_from=FLAGS.random_from, draws=FLAGS.draws,
                  boot=FLAGS.boot, level=LEVEL, base_rate=overall, pooled=pooled,
@@ -645,8 +671,10 @@ def main(argv):
                                 min_share=FLAGS.min_share, selected=len(selected), **skipped),
                  class_map=[dataclasses.asdict(m) for m in class_map], classes=per_class,
                  images=per_image)
-  figures = {'ablation_delta_p': plot_deltas(per_class, FLAGS.draws),
+  figures = {'ablation_delta_p': plot_deltas(per_class, 'concept detectors'),
              'base_rate': plot_base(per_class)}
+  if FLAGS.single:
+    figures['ablation_single_unit'] = plot_deltas(per_class, 'best detector alone')
   readme = headline(overall, per_class, pooled, net_spec, threshold)
   exp.write(rows, summary, figures, readme)
   print(readme.replace('**', ''))
@@ -659,84 +687,87 @@ def headline(overall: dict, per_class: list[dict], pooled: dict, net_spec, thres
       f'{net_spec.label}, top-1 over the {overall["images"]} probe composites whose main object '
       f'is a cut-out of a mapped stamp photo ({overall["classes"]} ImageNet classes): '
       f'**{100 * overall["top1"]:.1f}%** (mean P(class) {overall["mean_p"]:.3f}); the mean over '
-      f'classes (each class the mean over its source photos) is {100 * overall["class_mean_top1"]:.1f}% '
-      f'(mean P(class) {overall["class_mean_p"]:.3f}).', '',
+      f'classes (each class the mean over its source photos) is '
+      f'{100 * overall["class_mean_top1"]:.1f}% (mean P(class) {overall["class_mean_p"]:.3f}). '
+      'Per class: base_rate.png.', '',
       '## Ablation', '',
       f'Concept detectors: units of {net_spec.layer} whose best label is the class\'s probe label '
       f'with IoU > {threshold:g}; random: as many units drawn from the pool --random_from='
-      f'{FLAGS.random_from}, {FLAGS.draws} draws. Changes in percentage points of P(class) '
-      '(top-1 accuracy in results.csv), 95% bootstrap intervals over the source photos (and the '
+      f'{FLAGS.random_from}, {FLAGS.draws} draws. Changes of mean P(class) in percentage points '
+      '(top-1 accuracy: results.csv), 95% bootstrap intervals over the source photos (and the '
       'draws); a class resting on one photo gets an interval over the draws alone, conditional on '
-      'that photo, and none for the concept set.', '',
-      '| class | images | photos | units | base acc | base P | dP concept | dP random (mean) | '
-      'concept - random |', '|---|---|---|---|---|---|---|---|---|']
-  for r in per_class:
-    if 'rows' not in r:
+      'that photo, and none for the concept set alone.']
+  cell = lambda x: (_pct(x['delta_p']) + _interval(x['delta_p_lo'], x['delta_p_hi'])
+                    if x else '')
+  for name in ('concept detectors', 'best detector alone'):
+    done = [r for r in per_class if name in r.get('families', {})]
+    if not done:
       continue
-    by = {row['ablation']: row for row in r['rows']}
-    c = by['concept detectors']
-    rand = next((v for k, v in by.items() if k.startswith('random (')), None)
-    diff = by.get('concept - random')
-    cell = lambda x: (_pct(x['delta_p']) + _interval(x['delta_p_lo'], x['delta_p_hi'])
-                      if x else '')
-    lines.append(f'| {r["class"]} | {r["n_images"]} | {r["n_photos"]} | {r["n_units"]} | '
-                 f'{100 * r["base_acc"]:.0f}% | {r["base_p"]:.2f} | {cell(c)} | {cell(rand)} | '
-                 f'{cell(diff)} |')
+    lines += ['', f'### {name}', '',
+              '| class | images | photos | units | base acc | base P | dP ablated | '
+              'dP random (mean) | ablated - random |', '|---|---|---|---|---|---|---|---|---|']
+    for r in done:
+      f = r['families'][name]
+      lines.append(f'| {r["class"]} | {r["n_images"]} | {r["n_photos"]} | {len(f["units"])} | '
+                   f'{100 * r["base_acc"]:.0f}% | {r["base_p"]:.2f} | {cell(f["concept"])} | '
+                   f'{cell(f["random"])} | {cell(f["difference"])} |')
   skipped = [f'{r["class"]} ({r["n_images"]} img, {r["n_units"]} units)' for r in per_class
-             if 'rows' not in r]
+             if 'families' not in r]
   if skipped:
-    lines += ['', f'Not ablated (fewer than --min_images={FLAGS.min_images} images or no '
+    lines += ['', f'Not ablated (fewer than --min_images={FLAGS.min_images} images, or no '
               f'detector): {", ".join(skipped)}.']
-  if pooled:
-    lo, hi = pooled['delta_p_diff_ci']
-    lo_a, hi_a = pooled['delta_acc_diff_ci']
-    lines += ['', '## Concept against random', '',
-              f'Mean over the {pooled["classes"]} ablated classes of (dP concept - dP random): '
-              f'**{100 * pooled["delta_p_diff"]:+.1f} points** [{100 * lo:+.1f}, {100 * hi:+.1f}] '
-              f'(top-1: {100 * pooled["delta_acc_diff"]:+.1f} [{100 * lo_a:+.1f}, '
-              f'{100 * hi_a:+.1f}]), two-stage bootstrap over classes, their photos and the draws. '
-              f'The concept set lowers P(class) more than every one of the {FLAGS.draws} random '
-              f'sets in {pooled["beats_every_draw"]} of {pooled["classes"]} classes; the class\'s '
-              f'own concept - random interval lies below zero in {pooled["diff_ci_below_zero"]}.']
+  for name, pool in pooled.items():
+    lo, hi = pool['delta_p_diff_ci']
+    lo_a, hi_a = pool['delta_acc_diff_ci']
+    lines += ['', f'## {name} against random', '',
+              f'Mean over the {pool["classes"]} ablated classes of (dP {name} - dP random): '
+              f'**{100 * pool["delta_p_diff"]:+.1f} points** [{100 * lo:+.1f}, {100 * hi:+.1f}] '
+              f'(top-1: {100 * pool["delta_acc_diff"]:+.1f} [{100 * lo_a:+.1f}, '
+              f'{100 * hi_a:+.1f}]), a two-stage bootstrap over classes, their photos and the '
+              f'draws. The ablated set lowers P(class) more than every one of the {FLAGS.draws} '
+              f'random sets in {pool["beats_every_draw"]} of {pool["classes"]} classes; the '
+              f'class\'s own ablated - random interval lies below zero in '
+              f'{pool["diff_ci_below_zero"]}.']
   return '\n'.join(lines)
 
 
-def plot_deltas(per_class: list[dict], draws: int):
-  """Per ablated class: dP(class) of each random draw (grey dots), their mean with its interval
-  (grey bar), and the concept set's (red, hollow when one photo leaves no interval); the same for
-  top-1 accuracy on the right."""
+def plot_deltas(per_class: list[dict], name: str):
+  """Per ablated class: the change of P(class) (left) and top-1 (right) under each random draw
+  (grey dots), their mean with its interval (dark square) and the ablated set's (red; hollow, no
+  bar, where one source photo leaves no interval)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  done = sorted((r for r in per_class if 'rows' in r),
-                key=lambda r: r['rows'][0]['delta_p'], reverse=True)
-  fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * len(done) + 1.6), sharey=True,
+  done = sorted((r for r in per_class if name in r.get('families', {})),
+                key=lambda r: r['families'][name]['concept']['delta_p'], reverse=True)
+  fig, axes = plt.subplots(1, 2, figsize=(12, 0.3 * len(done) + 1.8), sharey=True,
                            layout='constrained')
-  y = np.arange(len(done))
-  for ax, key, title in ((axes[0], 'p', 'change in mean P(class)'),
-                         (axes[1], 'acc', 'change in top-1 accuracy')):
+  for ax, key, title in ((axes[0], 'p', f'{name}: change in mean P(class)'),
+                         (axes[1], 'acc', f'{name}: change in top-1 accuracy')):
     for i, r in enumerate(done):
-      by = {row['ablation']: row for row in r['rows']}
-      singles = [by[f'random {k + 1}'][f'delta_{key}'] for k in range(draws)]
-      ax.plot(singles, np.full(len(singles), i - 0.18), '.', color='0.6', ms=3,
-              label='random draw' if i == 0 else None)
-      rand = next((v for k, v in by.items() if k.startswith('random (')), None)
-      if rand:
-        ax.errorbar(rand[f'delta_{key}'], i - 0.18,
-                    xerr=_err(rand, key), fmt='s', color='0.3', ms=4, capsize=2,
-                    label='random (mean, 95% CI)' if i == 0 else None)
-      c = by['concept detectors']
+      f = r['families'][name]
+      first = i == 0
+      singles = [d[f'delta_{key}'] for d in f['draws']]
+      ax.plot(singles, np.full(len(singles), i - 0.32), '|', color='0.5', ms=4,
+              label='random draws' if first else None)
+      if f['random']:
+        ax.errorbar(f['random'][f'delta_{key}'], i - 0.08, xerr=_err(f['random'], key), fmt='s',
+                    color='0.25', ms=3.5, capsize=2, lw=1,
+                    label='random (mean, 95% CI)' if first else None)
+      c = f['concept']
       lone = np.isnan(c[f'delta_{key}_lo'])
-      ax.errorbar(c[f'delta_{key}'], i + 0.18, xerr=None if lone else _err(c, key), fmt='o',
-                  color='tab:red', mfc='white' if lone else 'tab:red', ms=5, capsize=2,
-                  label='concept detectors (95% CI over photos)' if i == 0 else None)
+      ax.errorbar(c[f'delta_{key}'], i + 0.2, xerr=None if lone else _err(c, key), fmt='o',
+                  color='tab:red', mfc='white' if lone else 'tab:red', ms=5, capsize=2, lw=1.2,
+                  label=f'{name} (95% CI over photos; hollow: 1 photo)' if first else None)
     ax.axvline(0, color='k', lw=0.6)
     ax.set(title=title, xlabel='after - before')
     ax.grid(axis='x', alpha=0.3)
-  axes[0].set_yticks(y, [f'{r["class"]} ({r["n_units"]} u, {r["n_images"]} img, '
-                         f'{r["n_photos"]} ph)' for r in done], fontsize=8)
-  axes[0].invert_yaxis()
-  axes[0].legend(fontsize=7, loc='lower left')
+  axes[0].set_yticks(np.arange(len(done)),
+                     [f'{r["class"]} ({len(r["families"][name]["units"])} u, {r["n_images"]} img, '
+                      f'{r["n_photos"]} ph)' for r in done], fontsize=8)
+  axes[0].set_ylim(len(done) - 0.5, -0.5)
+  fig.legend(*axes[0].get_legend_handles_labels(), loc='outside lower center', ncols=3,
+             fontsize=8)
   return fig
 
 
