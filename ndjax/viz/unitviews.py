@@ -27,21 +27,26 @@ def _resize(crop: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def display(projection: np.ndarray, window) -> np.ndarray:
-  """A projection onto RGB pixels (H, W, 3) cropped to the window, shown as Zeiler & Fergus do: 0
-  is mid grey and the largest |value| in the window spans the rest of the range (per view)."""
-  crop = patches.crop(projection, window, fill=0.0)
-  return common.to_uint8(255 * common.normalise(crop, percentile=100.0, signed=True))
+def display(projection: np.ndarray, window, size: int = VIZ_PX) -> np.ndarray:
+  """A projection onto RGB pixels (H, W, 3) cropped to the window and shown at size x size as
+  Zeiler & Fergus do: 0 is mid grey and the 99.5th percentile of |value| spans the rest of the
+  range (per view). The signed values are resized (antialiased) BEFORE that scaling: shrinking a
+  scaled image would average its fine +/- texture back to grey."""
+  import jax
+  crop = patches.crop(np.asarray(projection, np.float32), window, fill=0.0)
+  small = np.asarray(jax.image.resize(crop, (size, size, crop.shape[2]), 'linear', antialias=True))
+  return common.to_uint8(255 * common.normalise(small, percentile=99.5, signed=True))
 
 
 def unit_views(net: common.Net, dataset, top: dict, layer: str, rf, per_unit: int,
-               batch_size: int = 8, size: int = VIZ_PX, progress: bool = False) -> dict:
+               batch_size: int = 8, size: int = VIZ_PX, progress: bool = False,
+               units=None) -> dict:
   """{'units', 'ranks', 'images', 'windows', 'patches', 'guided'} for each unit's `per_unit`
-  strongest images (fewer when the dissection kept fewer)."""
+  strongest images (fewer when the dissection kept fewer); `units`: only these (default all)."""
   from ndjax.viz import backprop
   todo = []                       # (unit, Patch)
-  for unit in range(top['images'].shape[0]):
-    todo += [(unit, p) for p in patches.top_patches(top, unit, rf, per_unit)]
+  for unit in (range(top['images'].shape[0]) if units is None else units):
+    todo += [(int(unit), p) for p in patches.top_patches(top, int(unit), rf, per_unit)]
   by_shape = collections.defaultdict(list)
   images = {}
   for unit, p in todo:
@@ -62,7 +67,7 @@ def unit_views(net: common.Net, dataset, top: dict, layer: str, rf, per_unit: in
       proj = backprop.to_pixels(net, pixels, proj)     # model-input space -> RGB pixels
       for (unit, p), g in zip(chunk, proj):
         out[id(p)] = (_resize(patches.crop(images[p.image], p.window), size),
-                      _resize(display(g, p.window), size))
+                      display(g, p.window, size))
       if bar is not None:
         bar.update(len(chunk))
   if bar is not None:
