@@ -293,7 +293,7 @@ def test_a_set_the_renderer_did_not_make_is_refused(composite_set, tmp_path):
 @pytest.mark.parametrize('args, message', [
     (('--classes=kettle',), 'not in the class map'),
     (('--draws=-1',), '--draws=-1'),
-    (('--model=mobilenet_v2',), 'model:weights:layer'),
+    (('--ablate=mobilenet_v2',), 'model:weights:layer'),
     (('--min_share=1.5',), '--min_share'),
 ])
 def test_bad_flags_are_one_line_and_write_nothing(args, message, tmp_path):

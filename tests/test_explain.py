@@ -204,10 +204,10 @@ def inputs(tmp_path_factory):
 
 
 @pytest.mark.parametrize('args,message', [
-    (['--model=vgg16:random'], 'global-average-pooling'),
-    ([f'--model={ARCH}:random:1', '--true_class=photo0:not a class'], 'unknown ImageNet class'),
-    ([f'--model={ARCH}:random:1', '--true_class=cat:sorrel'], "photo 'cat'"),
-    ([f'--model={ARCH}:random:1', '--results=/nonexistent/conv5'], 'not a directory'),
+    (['--classifier=vgg16:random'], 'global-average-pooling'),
+    ([f'--classifier={ARCH}:random:1', '--true_class=photo0:not a class'], 'unknown ImageNet class'),
+    ([f'--classifier={ARCH}:random:1', '--true_class=cat:sorrel'], "photo 'cat'"),
+    ([f'--classifier={ARCH}:random:1', '--results=/nonexistent/conv5'], 'not a directory'),
 ])
 def test_bad_input_is_one_line(args, message, inputs, tmp_path):
   root, photos = inputs
@@ -233,7 +233,7 @@ def test_end_to_end_on_a_random_alexnet_gap(inputs, tmp_path):
   logits = np.asarray(viz.logits_fn(net)(net.state, net.preprocess(images)), np.float64)
   true = int(np.argsort(logits[1])[-10])                          # not the prediction
   outdir = tmp_path / 'out'
-  r = ndjax_module('ndjax.experiments.explain', f'--model={ARCH}:random:1',
+  r = ndjax_module('ndjax.experiments.explain', f'--classifier={ARCH}:random:1',
                    f'--photos={photos[0]},{photos[1]}', f'--true_class=photo1:{true}',
                    f'--dataset={root / "probe"}', f'--outdir={outdir}', '--noprogress')
   assert r.returncode == 0, r.stderr[-3000:]
@@ -257,12 +257,12 @@ def test_end_to_end_on_a_random_alexnet_gap(inputs, tmp_path):
   assert '--true_class=photo1' in (outdir / 'README.md').read_text()
   # the same labels through --results, without a probe set
   again = tmp_path / 'again'
-  r = ndjax_module('ndjax.experiments.explain', f'--model={ARCH}:random:1',
+  r = ndjax_module('ndjax.experiments.explain', f'--classifier={ARCH}:random:1',
                    f'--photos={photos[0]},{photos[1]}', f'--true_class=photo1:{true}',
                    f'--results={folder}', f'--outdir={again}', '--noprogress')
   assert r.returncode == 0, r.stderr[-3000:]
   assert _rows(again) == rows
   assert not (again / 'runs').exists()
-  r = ndjax_module('ndjax.experiments.explain', f'--model={ARCH}:random:2', f'--photos={photos[0]}',
+  r = ndjax_module('ndjax.experiments.explain', f'--classifier={ARCH}:random:2', f'--photos={photos[0]}',
                    f'--results={folder}', f'--outdir={tmp_path / "wrong"}', '--noprogress')
   assert r.returncode == 2 and 'seed 1, not alexnet_gap_wide:random seed 2' in r.stderr, r.stderr

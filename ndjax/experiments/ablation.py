@@ -42,7 +42,7 @@ from absl import flags
 from ndjax.experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('model', 'mobilenet_v2:imagenet:features',
+flags.DEFINE_string('ablate', 'mobilenet_v2:imagenet:features',
                     'The classifier and the layer whose units are ablated, as model:weights:layer '
                     '(an ImageNet-1k head: the class map names ImageNet classes).')
 flags.DEFINE_string('dissection', None,
@@ -50,7 +50,7 @@ flags.DEFINE_string('dissection', None,
                     'set, giving the unit labels. Default: dissect (or reuse) <outdir>/runs/.')
 flags.DEFINE_float('tau', 0.005,
                    'Top quantile of the dissection run when --dissection is not given.')
-flags.DEFINE_float('iou_threshold', None,
+flags.DEFINE_float('concept_iou', None,
                    'A unit detects a concept when that concept is its best label with IoU > this. '
                    'Default: the dissection\'s own threshold.')
 flags.DEFINE_integer('draws', 10, 'Random unit sets per class, each as large as its concept set.')
@@ -58,7 +58,7 @@ flags.DEFINE_enum('random_from', 'non_concept', ['non_concept', 'non_detector', 
                   'Pool of the random units: every unit but this concept\'s detectors (default), '
                   'units that detect no concept at all, or every unit.')
 flags.DEFINE_integer('boot', 2000, 'Bootstrap resamples.')
-flags.DEFINE_integer('seed', 0, 'Seed of the random unit draws and the bootstrap.')
+flags.DEFINE_integer('draw_seed', 0, 'Seed of the random unit draws and the bootstrap.')
 flags.DEFINE_float('min_share', 0.0, 'An image counts for a class only when its main object '
                    'covers more than this fraction of the image.')
 flags.DEFINE_integer('min_images', 5, 'Classes with fewer images are reported (base rate) but '
@@ -540,7 +540,7 @@ def _interval(lo: float, hi: float) -> str:
 
 def main(argv):
   del argv
-  net_spec = common.Network.parse(FLAGS.model)
+  net_spec = common.Network.parse(FLAGS.ablate)
   for name in ('draws', 'boot', 'min_images'):
     if FLAGS[name].value < (1 if name == 'boot' else 0):
       raise common.ExperimentError(f'--{name}={FLAGS[name].value} is out of range')
@@ -567,7 +567,7 @@ def main(argv):
     raise common.ExperimentError(e.args[0]) from None
   vd = load_dissection(exp, net_spec)
   labels = vd.labels()
-  threshold = vd.iou_threshold if FLAGS.iou_threshold is None else FLAGS.iou_threshold
+  threshold = vd.iou_threshold if FLAGS.concept_iou is None else FLAGS.concept_iou
   if len(labels.best_iou) != channels:
     raise common.ExperimentError(f'the dissection has {len(labels.best_iou)} units, '
                                  f'{net_spec.layer} has {channels}')
@@ -608,7 +608,7 @@ def main(argv):
     families = {'concept detectors': units}
     if FLAGS.single:
       families['best detector alone'] = units[[int(np.argmax(labels.best_iou[units]))]]
-    rng = np.random.default_rng([FLAGS.seed, index])
+    rng = np.random.default_rng([FLAGS.draw_seed, index])
     pool = random_pool(units, labels.best_iou, threshold, FLAGS.random_from)
     draws = {name: random_sets(rng, pool, len(u), FLAGS.draws) for name, u in families.items()}
     sets = [u for name in families for u in [families[name], *draws[name]]]
@@ -618,7 +618,7 @@ def main(argv):
     dp = p - base_p[mine][:, None]
     dacc = ok.astype(float) - base_ok[mine][:, None]
     stat = functools.partial(bootstrap_ci, groups=photos, n_boot=FLAGS.boot,
-                             seed=FLAGS.seed * 100003 + index)
+                             seed=FLAGS.draw_seed * 100003 + index)
     record['families'] = {}
     for f, name in enumerate(families):
       first = f * (1 + FLAGS.draws)
@@ -656,8 +656,8 @@ def main(argv):
                  class_mean_p=float(np.mean([r['base_p'] for r in per_class])))
   pooled = {}
   for name, per in diffs.items():
-    est, lo, hi = pooled_ci([d for d, _ in per], FLAGS.boot, FLAGS.seed)
-    est_a, lo_a, hi_a = pooled_ci([a for _, a in per], FLAGS.boot, FLAGS.seed)
+    est, lo, hi = pooled_ci([d for d, _ in per], FLAGS.boot, FLAGS.draw_seed)
+    est_a, lo_a, hi_a = pooled_ci([a for _, a in per], FLAGS.boot, FLAGS.draw_seed)
     fams = [r['families'][name] for r in per_class if 'families' in r]
     pooled[name] = dict(classes=len(per), delta_p_diff=est, delta_p_diff_ci=[lo, hi],
                         delta_acc_diff=est_a, delta_acc_diff_ci=[lo_a, hi_a],

@@ -14,7 +14,7 @@ or, without one, from dissecting the probe set (reusing a finished folder under 
 
 python -m ndjax.experiments.explain --results=runs/mobilenet_v2_imagenet/features
 python -m ndjax.experiments.explain --results=... --true_class=horse:sorrel,rocket:missile
-python -m ndjax.experiments.explain --model=resnet18:imagenet --photos=chelsea,/p/cat.jpg
+python -m ndjax.experiments.explain --classifier=resnet18:imagenet --photos=chelsea,/p/cat.jpg
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from ndjax.experiments import common
 FLAGS = flags.FLAGS
 VOC = 'voc'          # --photos token: the real VOC photos of the voc_smoke probe set
 DEFAULT_PHOTOS = ['chelsea', 'coffee', 'astronaut', 'rocket', 'motorcycle_left', 'horse', VOC]
-flags.DEFINE_string('model', 'mobilenet_v2:imagenet',
+flags.DEFINE_string('classifier', 'mobilenet_v2:imagenet',
                     'model:weights[:seed] (e.g. alexnet_gap_wide:random:1) whose head is global '
                     'average pooling + one linear layer (ndjax.viz.cam.GAP_HEADS).')
 flags.DEFINE_string('results', None,
@@ -45,11 +45,11 @@ flags.DEFINE_list('photos', DEFAULT_PHOTOS,
 flags.DEFINE_list('true_class', [],
                   'photo:class pairs (photo as named in the figures, class an ImageNet name or '
                   'index), e.g. horse:sorrel,rocket:missile: also explain the true class.')
-flags.DEFINE_integer('units', 4, 'How many top-contributing units to draw per class.')
+flags.DEFINE_integer('top_units', 4, 'How many top-contributing units to draw per class.')
 flags.DEFINE_float('top_fraction', 0.2,
                    'Segment each unit where its upsampled map is in its top this fraction of the '
                    "image's pixels (the paper's per-image 'top 0.2').")
-flags.DEFINE_float('tau', 0.005, 'Top quantile of the dissection run when no --results is given.')
+flags.DEFINE_float('dissect_tau', 0.005, 'Top quantile of the dissection run when no --results is given.')
 flags.DEFINE_integer('size', 224, 'Photos are resized and centre-cropped to size x size.')
 
 
@@ -163,7 +163,7 @@ def true_classes(pairs, names: list[str], num_classes: int) -> dict[str, int]:
 
 
 def parse_model(text: str) -> common.Network:
-  """--model: model:weights[:seed] (the layer is the pooled one); model:weights:layer[:seed] is
+  """--classifier: model:weights[:seed] (the layer is the pooled one); model:weights:layer[:seed] is
   read as experiments spell networks elsewhere."""
   parts = text.split(':')
   if len(parts) == 3 and parts[2].isdigit():
@@ -345,9 +345,9 @@ def main(argv):
   from ndjax import api, results
   from ndjax import views as views_lib
   from ndjax.viz import common as viz
-  net_spec = parse_model(FLAGS.model)
-  if FLAGS.units < 1:
-    raise common.ExperimentError(f'--units={FLAGS.units} must be >= 1')
+  net_spec = parse_model(FLAGS.classifier)
+  if FLAGS.top_units < 1:
+    raise common.ExperimentError(f'--top_units={FLAGS.top_units} must be >= 1')
   if not 0.0 < FLAGS.top_fraction < 1.0:
     raise common.ExperimentError(f'--top_fraction={FLAGS.top_fraction} is outside (0, 1)')
   exp = common.Experiment('explain')
@@ -356,7 +356,7 @@ def main(argv):
   tap, linear = gap_head(net)
   if net_spec.layer is not None and net_spec.layer != tap:
     raise common.ExperimentError(f'explanations read the pooled layer {tap} of {net_spec.model}; '
-                                 f'drop the layer {net_spec.layer} from --model')
+                                 f'drop the layer {net_spec.layer} from --classifier')
   images, names = load_photos(FLAGS.photos, FLAGS.size)
   true = true_classes(FLAGS.true_class, names, net.num_classes)
   network = dataclasses.replace(net_spec, layer=tap)
@@ -365,16 +365,16 @@ def main(argv):
     source = f'the result folder {pathlib.Path(FLAGS.results).absolute()}'
   else:
     try:
-      spec = views_lib.ViewSpec(taus=(FLAGS.tau,))
+      spec = views_lib.ViewSpec(taus=(FLAGS.dissect_tau,))
     except views_lib.ViewError as e:
       raise common.ExperimentError(str(e)) from None
     vd = exp.dissect(network, [tap], spec)[(tap, '')]
-    source = f'a dissection of the probe set at tau {FLAGS.tau} ({vd.path})'
+    source = f'a dissection of the probe set at tau {FLAGS.dissect_tau} ({vd.path})'
   check_folder(vd, model, network, tap)
   exp.probe_images = vd.results.get('images_used', vd.results.get('images'))
   threshold = vd.iou_threshold
   explained = explain(net, tap, linear, images, names, true, unit_labels(vd),
-                      vd.results.get('upsample', {}).get('mode', 'rf'), FLAGS.units,
+                      vd.results.get('upsample', {}).get('mode', 'rf'), FLAGS.top_units,
                       FLAGS.top_fraction)
   rows = [r for e in explained for r in e.rows(threshold)]
   figures = {f'explain_{name}': figure([e for e in explained if e.photo == name], threshold)
@@ -395,7 +395,7 @@ def main(argv):
                               for e in explained]}
   readme = (f'{net_spec.model} {net_spec.weights}: each photo\'s class logit split over the units '
             f'of {tap} (w_n x_n, x_n the pooled activation; + bias = the logit), the top '
-            f'{FLAGS.units} units drawn as the photo where the unit\'s map (upsampled as the '
+            f'{FLAGS.top_units} units drawn as the photo where the unit\'s map (upsampled as the '
             f'dissection does) is in its top {FLAGS.top_fraction:g} of the image, titled with '
             f'their dissection label and IoU from {source}; "(weak)": IoU <= {threshold:g}. '
             'Share = contribution / logit.\n\n## Units behind each class\n\n' + '\n'.join(lines))
