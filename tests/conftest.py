@@ -306,3 +306,44 @@ def dissected_runs(tmp_path_factory, seeds=(1,)) -> dict[int, pathlib.Path]:
       (run / 'done').write_text(r.stdout)      # the CLI's printed summary lines
     runs[seed] = run
   return runs
+
+
+def dithered(count: int, size: int, seed: int) -> np.ndarray:
+  """Photo-like float RGB 0-255 images with uniform [0, 1) dither: no flat regions, so no max-pool
+  window holds an exact mathematical tie (near-ties remain: see test_models_autodiff's
+  `_float64`)."""
+  images = photo_like_images(count, size, seed=seed).astype(np.float32)
+  return images + np.random.default_rng(seed).uniform(0, 1, images.shape).astype(np.float32)
+
+
+def calibrated(torch_model, size: int):
+  """The torch model with every BatchNorm's running statistics measured on a batch of other
+  images (size x size), then perturbed (mean += N(0, 0.1) std, var *= U(0.8, 1.25)).
+
+  Why: with random weights and unit running statistics, activations shrink layer by layer
+  (GoogLeNet's convs are N(0, 0.01)), so deep taps barely depend on the input: zeroing units
+  changed GoogLeNet's inception5b by 2e-7 relative, and MobileNetV2's logits were ~1e-10, which
+  no test can tell from rounding. Measured statistics keep every layer's input O(1), as in a
+  trained network.
+  """
+  torch = _torch()
+  norms = [m for m in torch_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+  if not norms:
+    return torch_model
+  generator = torch.Generator().manual_seed(0)
+  for bn in norms:
+    bn.reset_running_stats()
+    bn.momentum = None                      # cumulative average: one batch sets the statistics
+  torch_model.train()
+  for m in torch_model.modules():           # dropout off: the statistics of the eval network
+    if isinstance(m, torch.nn.Dropout):
+      m.eval()
+  x = np.asarray(model_layers.preprocess_torch(dithered(4, size, seed=11)))
+  with torch.no_grad():
+    torch_model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+    for bn in norms:
+      bn.momentum = 0.1
+      std = bn.running_var.sqrt()
+      bn.running_mean.add_(0.1 * std * torch.randn(bn.running_mean.shape, generator=generator))
+      bn.running_var.mul_(0.8 + 0.45 * torch.rand(bn.running_var.shape, generator=generator))
+  return torch_model.eval()

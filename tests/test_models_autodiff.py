@@ -26,7 +26,8 @@ from flax import nnx
 
 from ndjax import models
 from ndjax.models import edits, layers
-from tests.conftest import TORCH_MODELS, perturbed_torch_model, photo_like_images, ported, relative_error
+from tests.conftest import (TORCH_MODELS, calibrated, dithered, perturbed_torch_model,
+                            photo_like_images, ported, relative_error)
 
 torch = pytest.importorskip('torch')
 
@@ -83,13 +84,6 @@ def _run_torch(model, x: np.ndarray, taps, *, ablate: tuple[str, list] | None = 
   return captured, logits, inputs
 
 
-def dithered(count: int, size: int, seed: int) -> np.ndarray:
-  """Photo-like float RGB 0-255 images with uniform [0, 1) dither: no flat regions, so no max-pool
-  window holds an exact mathematical tie (near-ties remain: see `_float64`)."""
-  images = photo_like_images(count, size, seed=seed).astype(np.float32)
-  return images + np.random.default_rng(seed).uniform(0, 1, images.shape).astype(np.float32)
-
-
 def _dropout_off(model):
   for m in model.modules():
     if isinstance(m, torch.nn.Dropout):
@@ -100,38 +94,10 @@ def _dropout_off(model):
 def pair(request):
   """(arch, torch model, ndjax model with its weights, preprocessed float input)."""
   arch = request.param
-  torch_model = calibrated(perturbed_torch_model(arch))
+  torch_model = calibrated(perturbed_torch_model(arch), HW)
   model = ported(arch, torch_model)
   x = np.asarray(model.preprocess(dithered(2, HW, seed=5)))
   return arch, torch_model, model, x
-
-
-def calibrated(torch_model):
-  """The torch model with every BatchNorm's running statistics measured on a batch of other
-  images, then perturbed (mean += N(0, 0.1) std, var *= U(0.8, 1.25)).
-
-  Why: with random weights and unit running statistics, activations shrink layer by layer
-  (GoogLeNet's convs are N(0, 0.01)), so deep taps barely depend on the input: zeroing units
-  changed GoogLeNet's inception5b by 2e-7 relative, which no test can tell from rounding.
-  Measured statistics keep every layer's input O(1), as in a trained network.
-  """
-  norms = [m for m in torch_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-  if not norms:
-    return torch_model
-  generator = torch.Generator().manual_seed(0)
-  for bn in norms:
-    bn.reset_running_stats()
-    bn.momentum = None                      # cumulative average: one batch sets the statistics
-  torch_model.train()
-  _dropout_off(torch_model)
-  with torch.no_grad():
-    torch_model(_torch_x(np.asarray(layers.preprocess_torch(dithered(4, HW, seed=11)))))
-    for bn in norms:
-      bn.momentum = 0.1
-      std = bn.running_var.sqrt()
-      bn.running_mean.add_(0.1 * std * torch.randn(bn.running_mean.shape, generator=generator))
-      bn.running_var.mul_(0.8 + 0.45 * torch.rand(bn.running_var.shape, generator=generator))
-  return torch_model.eval()
 
 
 def _float64(torch_model, model):

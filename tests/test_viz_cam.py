@@ -22,9 +22,9 @@ import pytest
 from flax import nnx
 
 from ndjax import models
-from ndjax.models import layers
 from ndjax.viz import cam, common
-from tests.conftest import perturbed_torch_model, photo_like_images, ported, relative_error
+from tests.conftest import (calibrated, dithered, perturbed_torch_model, photo_like_images,
+                            ported, relative_error)
 
 RTOL = 1e-4              # parity of maps with torch / pytorch-grad-cam
 DECOMPOSITION_RTOL = 1e-5
@@ -46,45 +46,15 @@ def _torch():
   return pytest.importorskip('torch')
 
 
-def dithered(count: int, size: int, seed: int) -> np.ndarray:
-  """Photo-like float RGB 0-255 images with [0, 1) dither (no flat regions)."""
-  images = photo_like_images(count, size, seed=seed).astype(np.float32)
-  return images + np.random.default_rng(seed).uniform(0, 1, images.shape).astype(np.float32)
-
-
 def _torch_x(x: np.ndarray):
   return _torch().from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def calibrated(torch_model):
-  """BatchNorm running statistics measured on other images, then perturbed (as in
-  test_models_autodiff): random-init deep nets otherwise shrink their activations layer by layer
-  until the last features barely depend on the input (MobileNetV2's logits were ~1e-10)."""
-  torch = _torch()
-  norms = [m for m in torch_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-  generator = torch.Generator().manual_seed(0)
-  for bn in norms:
-    bn.reset_running_stats()
-    bn.momentum = None
-  torch_model.train()
-  for m in torch_model.modules():
-    if isinstance(m, torch.nn.Dropout):
-      m.eval()
-  with torch.no_grad():
-    torch_model(_torch_x(np.asarray(layers.preprocess_torch(dithered(4, HW, seed=11)))))
-    for bn in norms:
-      bn.momentum = 0.1
-      std = bn.running_var.sqrt()
-      bn.running_mean.add_(0.1 * std * torch.randn(bn.running_mean.shape, generator=generator))
-      bn.running_var.mul_(0.8 + 0.45 * torch.rand(bn.running_var.shape, generator=generator))
-  return torch_model.eval()
 
 
 def _torch_pair(arch: str):
   """(torch model: calibrated, classifier bias randomised, no in-place ReLUs; ndjax Net with
   the same weights; preprocessed float NHWC input)."""
   torch = _torch()
-  torch_model = calibrated(perturbed_torch_model(arch))
+  torch_model = calibrated(perturbed_torch_model(arch), HW)
   modules = dict(torch_model.named_modules())
   with torch.no_grad():        # a zero bias (torchvision's init) would not test the bias term
     modules[TORCH_GAP[arch][1]].bias.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
