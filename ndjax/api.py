@@ -236,8 +236,9 @@ def write_outputs(out: DissectOutput, ds, run_dir: str, *, model=None, meta: dic
                   progress: bool = False) -> list[str]:
   """Write every layer/view folder of `out` under `run_dir` and return their summary lines.
 
-  Per folder (`<layer>` or `<layer>@<view>`): tally.csv, results.json, counts.npz, topk.npz and
-  report.html, each written atomically; a folder appears only once its results are complete.
+  Per folder (`<layer>` or `<layer>@<view>`): tally.csv, results.json, counts.npz, topk.npz,
+  sets.npz (when the dissection counted label sets) and report.html, each written atomically; a
+  folder appears only once its results are complete.
   viz: for plain (unrotated) layers, the report's gradient view of each unit on its `viz` top
   images (guided backpropagation, `ndjax.viz.unitviews`), stored as viz.npz; 0 = none.
   """
@@ -258,6 +259,9 @@ def write_outputs(out: DissectOutput, ds, run_dir: str, *, model=None, meta: dic
                                       if module else None)}
     if res.top is not None:
       res.top.save(os.path.join(folder, 'topk.npz'))
+    if res.sets is not None:     # before counts.npz: a folder with counts has its sets too
+      from ndjax import labelsets
+      fileio.atomic_write(os.path.join(folder, labelsets.FILE), res.sets.to_bytes())
     fileio.atomic_write(os.path.join(folder, COUNTS_NAME), counts_npz(res, ds))
     fileio.atomic_write(os.path.join(folder, 'tally.csv'), tally.tally_csv(labels, res.counts, ds))
     fileio.atomic_write(os.path.join(folder, 'results.json'),

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ndjax import activations, distributed, iou, loader, thresholds, upsample
 from ndjax import labels as labels_lib
+from ndjax import labelsets
 from ndjax import resume as resume_lib
 from ndjax import tiles as tiles_lib
 from ndjax import topk as topk_lib
@@ -60,6 +61,7 @@ class DissectConfig:
   checkpoint_every: int = 0                       # batches between checkpoints; 0 = never
   resume: bool = False                            # continue from the newest checkpoint
   identity: dict | None = None                    # what makes two runs the same (for resume)
+  label_sets: bool = False                        # also count units per label set (formulas.py)
 
   def __post_init__(self):
     if self.views is None:
@@ -81,6 +83,7 @@ class ViewResult:
   thresholds: np.ndarray      # (D,) float32, one per unit of the view
   counts: iou.Counts
   top: topk_lib.TopImages | None = None
+  sets: labelsets.LabelSets | None = None    # with DissectConfig.label_sets
 
   @property
   def folder(self) -> str:
@@ -151,6 +154,7 @@ class Basis:
     self.top = topk_lib.TopImages(units, topk) if topk > 0 else None
     self.thresholds: np.ndarray | None = None      # (V, units) once pass 1 is done
     self.counts: list[iou.Counts] | None = None
+    self.set_counts: list[labelsets.SetCounts] | None = None   # with label sets
 
   def pass1(self, acts, ids, valid, clock: StageTimer) -> None:
     v = clock.stage('view', views_lib.transform, acts, self.matrix)
@@ -168,29 +172,35 @@ class Basis:
     v = clock.stage('view', views_lib.transform, acts, self.matrix)
     clock.stage('threshold_refine', self.stream.refine, v, valid)
 
-  def finish_pass1(self, max_hw: tuple[int, int], num_labels: int, num_cats: int) -> None:
+  def finish_pass1(self, max_hw: tuple[int, int], num_labels: int, num_cats: int,
+                   label_sets: bool = False) -> None:
     if self.stream.needs_refine:
       self.stream.merge_refine_processes()
     self.thresholds = np.stack([self.stream.result(v.tau) for v in self.views])
     if self.top is not None:
       self.top.finish_ranking(max_hw)
-    self.start_counts(num_labels, num_cats)
+    self.start_counts(num_labels, num_cats, label_sets)
 
-  def start_counts(self, num_labels: int, num_cats: int) -> None:
+  def start_counts(self, num_labels: int, num_cats: int, label_sets: bool = False) -> None:
     self._thr_dev = [jnp.asarray(t) for t in self.thresholds]
     if self.counts is None:
       self.counts = [iou.Counts.zeros(self.stream.units, num_labels, num_cats) for _ in self.views]
+    if label_sets and self.set_counts is None:
+      self.set_counts = [labelsets.SetCounts(self.stream.units) for _ in self.views]
 
   def pass2(self, acts, wy, wx, tiles, side: labels_lib.LabelSide, ids, valid, *, chunk: int,
-            mesh, clock: StageTimer) -> None:
+            mesh, clock: StageTimer, set_side: labels_lib.LabelSide | None = None) -> None:
     v = clock.stage('view', views_lib.transform, acts, self.matrix)
-    for thr, t_host, counts in zip(self._thr_dev, self.thresholds, self.counts):
+    for i, (thr, t_host, counts) in enumerate(zip(self._thr_dev, self.thresholds, self.counts)):
       units = None
       if tiles is None or mesh is not None:
         units = clock.stage('active_units', iou.active_units, v, t_host)
-      out = clock.stage('upsample_count', iou.count_batch, v, thr, wy, wx, side, valid,
-                        chunk=chunk, mesh=mesh, units=units, tiles=tiles)
-      clock.stage('accumulate', counts.add, out, side)
+      count = lambda s: iou.count_batch(v, thr, wy, wx, s, valid, chunk=chunk, mesh=mesh,
+                                        units=units, tiles=tiles)
+      clock.stage('accumulate', counts.add, clock.stage('upsample_count', count, side), side)
+      if set_side is not None:      # the same masks against the image's label sets
+        clock.stage('accumulate', self.set_counts[i].add,
+                    clock.stage('upsample_count_sets', count, set_side), set_side)
     if self.top is not None:
       clock.stage('topk_maps', self.top.gather, np.asarray(v), ids)
 
@@ -209,6 +219,8 @@ class Basis:
     else:
       tree['thresholds'] = self.thresholds
       tree['counts'] = {f'v{i}': c.as_dict() for i, c in enumerate(self.counts)}
+      if self.set_counts is not None:
+        tree['sets'] = {f'v{i}': c.state() for i, c in enumerate(self.set_counts)}
     if self.top is not None:
       tree.update(top_values=self.top.values, top_images=self.top.images)
       if phase == 2:
@@ -226,6 +238,10 @@ class Basis:
       self.thresholds = np.asarray(tree['thresholds'])
       self.counts = [iou.Counts(**{f: np.asarray(a) for f, a in tree['counts'][f'v{i}'].items()})
                      for i in range(len(self.views))]
+      if 'sets' in tree:
+        self.set_counts = [labelsets.SetCounts(self.stream.units) for _ in self.views]
+        for i, c in enumerate(self.set_counts):
+          c.restore(tree['sets'][f'v{i}'])
     if self.top is not None:
       if phase == 1:
         self.top.values = jnp.asarray(tree['top_values'])
@@ -350,7 +366,8 @@ class _Checkpoints:
       identity = dict(cfg.identity or {}, layers=list(plan.layers), views=views,
                       upsample=cfg.upsample, batch_size=cfg.batch_size, images=len(ds.records),
                       processes=jax.process_count(), topk=cfg.topk,
-                      compute_dtype=cfg.compute_dtype, selection=dict(plan.selection))
+                      compute_dtype=cfg.compute_dtype, selection=dict(plan.selection),
+                      label_sets=cfg.label_sets)
       self.store = resume_lib.StateStore(cfg.checkpoint_dir, jax.process_index(), identity)
     self.saved = self.store.load_latest() if self.store is not None and cfg.resume else None
 
@@ -376,6 +393,8 @@ def dissect(model, ds, cfg: DissectConfig) -> DissectOutput:
   # every device gets the same number of images, and counts them in whole chunks
   per_device = -(-cfg.batch_size // n_dev)
   cfg = dataclasses.replace(cfg, batch_size=per_device * n_dev, chunk=math.gcd(cfg.chunk, per_device))
+  if cfg.label_sets and jax.process_count() > 1:
+    raise DissectError('label sets are numbered per process: count them in a single-process run')
   plan = make_plan(model, ds, cfg)
   run = _Run(model, ds, cfg, plan, mesh)
   try:
@@ -413,6 +432,7 @@ class _Run:
     self.ckpt = _Checkpoints(cfg, ds, plan)
     self.phase, self.done = 1, 0
     self.after_pass1: set[int] = set()       # bad images known when the thresholds were taken
+    self.registry = labelsets.Registry() if cfg.label_sets else None
     self.cache = ActivationCache(cfg.cache_gb, cache_policy(model, plan, cfg))
 
   def restore(self) -> None:
@@ -420,6 +440,8 @@ class _Run:
     if saved is None:
       return
     self.phase, self.done = int(saved['phase']), int(saved['done'])
+    if self.registry is not None and 'label_sets' in saved:
+      self.registry.restore(saved['label_sets'])
     for i in np.asarray(saved['bad']).tolist():
       if i >= 0:
         self.bad.items.setdefault(int(i), 'skipped before the resume')
@@ -430,9 +452,12 @@ class _Run:
   def state(self, ph: int, pos: int) -> dict:
     def ids(items) -> np.ndarray:
       return np.array(sorted(items) or [-1], np.int64)
-    return dict(phase=np.array(ph), done=np.array(pos), bad=ids(self.bad.items),
+    tree = dict(phase=np.array(ph), done=np.array(pos), bad=ids(self.bad.items),
                 bad_pass1=ids(self.after_pass1 if ph == 2 else self.bad.items),
                 bases={f'b{j}': b.state(ph) for j, b in enumerate(self.bases)})
+    if self.registry is not None and ph == 2:
+      tree['label_sets'] = self.registry.state()
+    return tree
 
   def batches(self, todo, decode, wait: str, desc: str, start: int, finish=None):
     """(position, batch) over `todo` with decoding (and `finish`, see `loader.prefetch`)
@@ -501,11 +526,11 @@ class _Run:
   def start_pass2(self) -> None:
     if self.phase == 1:
       for b in self.bases:
-        b.finish_pass1(self.max_hw[b.layer], self.num_labels, self.num_cats)
+        b.finish_pass1(self.max_hw[b.layer], self.num_labels, self.num_cats, self.cfg.label_sets)
       self.ckpt.save(self.state(2, 0))
     else:
       for b in self.bases:
-        b.start_counts(self.num_labels, self.num_cats)
+        b.start_counts(self.num_labels, self.num_cats, self.cfg.label_sets)
 
   # ---- pass 2: views + upsample + threshold + count ----------------------------------------
   def pass2(self) -> None:
@@ -514,14 +539,20 @@ class _Run:
     primary, cats = self.ds.primary, self.num_cats
     decode = lambda i: labels_lib.image_labels(*self.ds.load_labels(i), primary, cats)
     stack = lambda b: labels_lib.stack(b.data, b.size_key[2] * b.size_key[3], cats)
+    if self.registry is not None:       # the label side and the label-set side of each batch
+      by_label = stack
+      stack = lambda b: (by_label(b), labelsets.stack(b.data, self.registry,
+                                                      b.size_key[2] * b.size_key[3], cats))
     for pos, batch in self.batches(self.plan.batches[start:], decode, 'decode_labels',
                                    'pass 2/2 upsample + count', start, finish=stack):
-      valid, side = _valid_mask(batch, self.bad), batch.data
+      valid, side, set_side = _valid_mask(batch, self.bad), batch.data, None
+      if self.registry is not None:
+        side, set_side = side
       acts = self.activations(batch, keep=False)
       for b in self.bases:
         key = batch.size_key, b.layer
         b.pass2(acts[b.layer], *self.plan.mats[key], self.plan.tiles[key], side, batch.ids, valid,
-                chunk=self.cfg.chunk, mesh=self.mesh, clock=self.clock)
+                chunk=self.cfg.chunk, mesh=self.mesh, clock=self.clock, set_side=set_side)
       if self.ckpt.due(pos, len(self.plan.batches)):
         self.ckpt.save(self.state(2, pos))
     for b in self.bases:
@@ -536,8 +567,10 @@ class _Run:
     for l in self.layers:
       for b in (b for b in self.bases if b.layer == l):
         for i, view in enumerate(b.views):
+          sets = (None if b.set_counts is None else
+                  labelsets.LabelSets.build(self.registry, b.set_counts[i]))
           results.append(ViewResult(l, view, self.model.describe(l), b.thresholds[i], b.counts[i],
-                                    b.top))
+                                    b.top, sets))
     order = {id(v): n for l in self.layers for n, v in enumerate(self.plan.views[l])}
     results.sort(key=lambda r: (self.layers.index(r.layer), order[id(r.view)]))
     saved = self.ckpt.saved

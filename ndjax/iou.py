@@ -218,6 +218,8 @@ def _exact_01_matmul(spec: str, a, b):
 
 _count_jit = jax.jit(_count, static_argnames=('chunk', 'num_local'))
 
+DENOMINATORS = ('paper', 'lite', 'dataset')
+
 
 @dataclasses.dataclass
 class Counts:
@@ -250,13 +252,20 @@ class Counts:
 def iou(counts: Counts, primary: np.ndarray, denominator: str) -> tuple[np.ndarray, np.ndarray]:
   """(iou (K, N) float64, activation-in-denominator (K, N) int64) by each label's primary category.
 
-  Labels with no primary category (number 0, unused numbers) get IoU 0.
+  Labels with no primary category (number 0, unused numbers) get IoU 0. Denominators:
+  'paper' and 'lite' (see the module docstring) restrict the unit's side of the union to the
+  images relevant to the label's category; 'dataset' does not: union = every activated pixel of
+  the unit over the whole probe set + |L_c| - inter, the dataset-wide IoU of compositional
+  explanations (Mu & Andreas 2020, whose length-1 formulas are exactly these IoUs).
   """
-  act = {'paper': counts.act_paper, 'lite': counts.act_lite}.get(denominator)
-  if act is None:
-    raise ValueError(f'unknown denominator {denominator!r}; valid: paper, lite')
   has_cat = primary >= 0
-  act_per_label = np.where(has_cat[None, :], act[:, np.maximum(primary, 0)], 0)
+  if denominator == 'dataset':      # every image's activated pixels, whatever its labels
+    act_per_label = np.where(has_cat[None, :], counts.act_pixels[:, None], 0)
+  else:
+    act = {'paper': counts.act_paper, 'lite': counts.act_lite}.get(denominator)
+    if act is None:
+      raise ValueError(f'unknown denominator {denominator!r}; valid: {", ".join(DENOMINATORS)}')
+    act_per_label = np.where(has_cat[None, :], act[:, np.maximum(primary, 0)], 0)
   union = act_per_label + counts.label_pixels[None, :] - counts.inter
   with np.errstate(invalid='ignore', divide='ignore'):
     scores = np.where(union > 0, counts.inter / np.maximum(union, 1), 0.0)

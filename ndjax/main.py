@@ -55,8 +55,9 @@ flags.DEFINE_list('directions', [], 'Comma-separated .npy files, each a (K, D) m
 flags.DEFINE_float('iou_threshold', 0.04, 'A unit is a detector when its best IoU > this.')
 flags.DEFINE_enum('upsample', 'rf', ['rf', 'center'], "'rf': bilinear anchored at receptive-field "
                   "centres (the paper); 'center': plain bilinear, align_corners=False (NetDissect-Lite).")
-flags.DEFINE_enum('denominator', 'paper', ['paper', 'lite'], "IoU union over images relevant to the "
-                  "label's category ('paper', original NetDissect) or NetDissect-Lite's variant.")
+flags.DEFINE_enum('denominator', 'paper', ['paper', 'lite', 'dataset'], "IoU union over images "
+                  "relevant to the label's category ('paper', original NetDissect), NetDissect-Lite's "
+                  "variant ('lite'), or over every image ('dataset', compositional explanations').")
 flags.DEFINE_integer('batch_size', 8, 'Images per forward batch (8 measured fastest for XLA:CPU '
                      'here, see benchmarks/RESULTS.md).')
 flags.DEFINE_string('outdir', './ndjax_results', 'Output root directory.')

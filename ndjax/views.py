@@ -64,6 +64,9 @@ class ViewSpec:
   # further (seed, alpha) rotations, after rotation_seed x rotation_alphas: independent Q's
   # (the paper's Fig 8 repeats at alpha = 1) without the product of every seed and alpha
   rotations: tuple[tuple[int, float], ...] = ()
+  # keep the plain layer beside rotations/directions (a null of random directions is judged
+  # against the layer's own units, from the same forward pass)
+  with_identity: bool = False
 
   def __post_init__(self):
     if not self.taus:
@@ -134,12 +137,15 @@ def build(spec: ViewSpec, units: int) -> list[View]:
   is the unnamed view.
   """
   bases: list[tuple[str, str, np.ndarray | None, dict]] = []
-  if spec.rotation_seed is None and not spec.directions and not spec.rotations:
+  if spec.with_identity or (spec.rotation_seed is None and not spec.directions
+                            and not spec.rotations):
     bases.append(('identity', 'identity', None, {}))
   pairs = ([(spec.rotation_seed, float(a)) for a in spec.rotation_alphas]
            if spec.rotation_seed is not None else [])
   pairs += [(int(s), float(a)) for s, a in spec.rotations if (s, a) not in pairs]
   for seed, a in pairs:
+    if a == 0.0 and spec.with_identity:
+      continue             # the plain layer is already there
     if a == 0.0:           # Q^0 := I exactly: the plain layer, nothing multiplied
       meta = dict(seed=seed, alpha=0.0, units=units, orthogonality_error=0.0, det=1.0)
       bases.append(('identity', 'rotation', None, meta))

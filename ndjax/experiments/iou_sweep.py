@@ -18,7 +18,8 @@ flags.DEFINE_list('runs', ['ndjax_results/vgg16_imagenet'], 'Result folders (<ru
                   'or run folders (every layer/view in them), comma-separated.')
 flags.DEFINE_list('thresholds', ['0.01', '0.02', '0.03', '0.04', '0.05', '0.06', '0.08', '0.1',
                                  '0.15', '0.2'], 'IoU thresholds.')
-flags.DEFINE_enum('denominator', 'paper', ['paper', 'lite'], 'IoU union (see the README).')
+flags.DEFINE_enum('denominator', 'paper', ['paper', 'lite', 'dataset'],
+                  'IoU union (see the README).')
 
 
 def main(argv):
