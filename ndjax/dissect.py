@@ -61,7 +61,8 @@ class DissectConfig:
   checkpoint_every: int = 0                       # batches between checkpoints; 0 = never
   resume: bool = False                            # continue from the newest checkpoint
   identity: dict | None = None                    # what makes two runs the same (for resume)
-  label_sets: bool = False                        # also count units per label set (formulas.py)
+  label_sets: bool = False                        # also count units per label set (formulas.py),
+                                                  # for the plain (unrotated) views
 
   def __post_init__(self):
     if self.views is None:
@@ -185,7 +186,7 @@ class Basis:
     self._thr_dev = [jnp.asarray(t) for t in self.thresholds]
     if self.counts is None:
       self.counts = [iou.Counts.zeros(self.stream.units, num_labels, num_cats) for _ in self.views]
-    if label_sets and self.set_counts is None:
+    if label_sets and self.matrix is None and self.set_counts is None:   # plain views only
       self.set_counts = [labelsets.SetCounts(self.stream.units) for _ in self.views]
 
   def pass2(self, acts, wy, wx, tiles, side: labels_lib.LabelSide, ids, valid, *, chunk: int,
@@ -198,7 +199,7 @@ class Basis:
       count = lambda s: iou.count_batch(v, thr, wy, wx, s, valid, chunk=chunk, mesh=mesh,
                                         units=units, tiles=tiles)
       clock.stage('accumulate', counts.add, clock.stage('upsample_count', count, side), side)
-      if set_side is not None:      # the same masks against the image's label sets
+      if set_side is not None and self.set_counts is not None:   # masks against label sets
         clock.stage('accumulate', self.set_counts[i].add,
                     clock.stage('upsample_count_sets', count, set_side), set_side)
     if self.top is not None:

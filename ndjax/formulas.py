@@ -117,6 +117,39 @@ def _iou(inter: np.ndarray, unit: np.ndarray, size: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
+def _extension_ious(counts, m_and_l, label_px, unit_px) -> np.ndarray:
+  """(B, N, 3) IoU of every entry extended by every label with OR / AND / AND NOT, from one
+  unit's rows of `_beam_counts` (both, f_and_l (B, N), m_and_f, f_size (B,)), |M ∩ L| (N,), |L|
+  (N,) and |M|."""
+  both, f_and_l, m_and_f, f_size = counts
+  inter = np.stack([m_and_f[:, None] + m_and_l[None, :] - both,        # OR
+                    both,                                                # AND
+                    m_and_f[:, None] - both], axis=-1)                   # AND NOT
+  size = np.stack([f_size[:, None] + label_px[None, :] - f_and_l,
+                   f_and_l,
+                   f_size[:, None] - f_and_l], axis=-1)
+  return _iou(inter, unit_px, size)
+
+
+def extension_ious(sets: LabelSets, num_labels: int, units: Sequence[int],
+                   entries: Sequence[Formula]) -> np.ndarray:
+  """(len(units), len(entries), N, 3): the IoU of each unit with each entry extended by each
+  label L as (entry OR L, entry AND L, entry AND NOT L) — one beam step's candidates."""
+  z = sets.membership(num_labels)
+  units = np.asarray(units)
+  truth = np.stack([f.truth(z) for f in entries])
+  counts = _beam_counts(jnp.asarray(sets.unit_pixels[units], jnp.int32),
+                        jnp.asarray(sets.pixels, jnp.int32),
+                        jnp.asarray(np.broadcast_to(truth, (len(units),) + truth.shape)),
+                        *map(jnp.asarray, _membership_pairs(sets)), jnp.zeros(num_labels, jnp.int8))
+  counts = [np.asarray(a, np.int64) for a in counts]
+  m_and_l = sets.unit_pixels[units] @ z.astype(np.int64)
+  label_px = sets.pixels @ z.astype(np.int64)
+  unit_px = sets.unit_pixels[units].sum(1)
+  return np.stack([_extension_ious([a[i] for a in counts], m_and_l[i], label_px, unit_px[i])
+                   for i in range(len(units))])
+
+
 def single_label_ious(sets: LabelSets, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
   """(IoU (K, N) float64, |L| (N,)) of every unit with every single label, dataset-wide."""
   z = sets.membership(num_labels).astype(np.int64)
@@ -199,13 +232,8 @@ def _step(beam, both, f_and_l, m_and_f, f_size, m_and_l, label_px, unit_px, usab
   if not beam:
     return beam
   nb = len(beam)
-  inter = np.stack([m_and_f[:nb, None] + m_and_l[None, :] - both[:nb],   # OR
-                    both[:nb],                                             # AND
-                    m_and_f[:nb, None] - both[:nb]], axis=-1)              # AND NOT  (B, N, 3)
-  size = np.stack([f_size[:nb, None] + label_px[None, :] - f_and_l[:nb],
-                   f_and_l[:nb],
-                   f_size[:nb, None] - f_and_l[:nb]], axis=-1)
-  iou = _iou(inter, unit_px, size)
+  iou = _extension_ious((both[:nb], f_and_l[:nb], m_and_f[:nb], f_size[:nb]), m_and_l, label_px,
+                        unit_px)                                           # (B, N, 3)
   ok = np.broadcast_to(usable[None, :, None], iou.shape).copy()
   for b, (f, _, _) in enumerate(beam):
     ok[b, list(f.labels), :] = False                 # never repeat a label of the formula

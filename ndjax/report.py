@@ -328,8 +328,38 @@ def _png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
+SIGNIFICANCE_CSV, FORMULAS_CSV = 'significance.csv', 'formulas.csv'
+
+
+def companions(layer_dir) -> dict[int, str]:
+  """Per unit (1-based), the HTML lines that the experiments' companion CSVs add to its page:
+  significance.csv (ndjax.experiments.significance) and formulas.csv (.compositional)."""
+  import csv
+  out: dict[int, list[str]] = {}
+  path = pathlib.Path(layer_dir) / SIGNIFICANCE_CSV
+  if path.is_file():
+    with open(path, newline='') as f:
+      for row in csv.DictReader(f):
+        verdict = 'significant' if row['bh_reject'] == '1' else 'not significant'
+        out.setdefault(int(row['unit']), []).append(
+            f'p = {float(row["p_value"]):.4g} against {html.escape(row["null"])} '
+            f'(null 95th / 99th percentile {float(row["null_q95"]):.4f} / '
+            f'{float(row["null_q99"]):.4f}; Benjamini-Hochberg at {row["fdr"]}: {verdict})')
+  path = pathlib.Path(layer_dir) / FORMULAS_CSV
+  if path.is_file():
+    with open(path, newline='') as f:
+      for row in csv.DictReader(f):
+        if row['formula']:
+          out.setdefault(int(row['unit']), []).append(
+              f'Formula: <b>{html.escape(row["formula"])}</b>, IoU '
+              f'{float(row["formula_iou"]):.4f} (best single label '
+              f'{html.escape(row["single_label"])}: {float(row["single_iou"]):.4f}; '
+              f'dataset-wide IoU, beam search)')
+  return {u: '<br>'.join(lines) for u, lines in out.items()}
+
+
 def _unit_page(unit: dict, categories: list[str], threshold: float, patches_html: str = '',
-               viz_html: str = '') -> str:
+               viz_html: str = '', extra: str = '') -> str:
   n = unit['unit']
   rows = []
   for cat in categories:
@@ -346,6 +376,7 @@ def _unit_page(unit: dict, categories: list[str], threshold: float, patches_html
           f'<h2>Unit {n}: {html.escape(unit["display_label"])} '
           f'<span class="cat" style="background:{category_color(unit["category"])}">'
           f'{html.escape(unit["category"])}</span> IoU {unit["iou"]:.4f}</h2>'
+          + (f'<p class="extra">{extra}</p>' if extra else '') +
           f'<p>Threshold T<sub>{n}</sub> = {unit["threshold"]:.6g}. Top-5 concepts per category '
           f'(IoU; bold: above the detector threshold {threshold:g}):</p>'
           f'<table class="concepts"><thead><tr><th>category</th><th>1st</th><th>2nd</th>'
@@ -456,7 +487,8 @@ SCRIPT = """
 
 
 def render(results: dict, top: dict | None, ds: broden.BrodenDataset | None, k: int,
-           note: str = '', folder: str | None = None, viz: dict | None = None) -> str:
+           note: str = '', folder: str | None = None, viz: dict | None = None,
+           extra: dict[int, str] | None = None) -> str:
   """The report page as one string (ASCII: non-ASCII text goes in as character references).
 
   `folder` names the page (default: results.json's "folder"); a view's page says what the view is
@@ -528,7 +560,8 @@ a unit number for its page</span></div>
 <tbody>{''.join(rows[i] for i in order)}</tbody></table>
 {''.join(_unit_page(u, categories, threshold,
                     _patches_html(patch_rows.get(u['unit'] - 1, []), ds, unreadable),
-                    _viz_html(viz, u['unit'] - 1) if viz is not None else '') for u in units)}
+                    _viz_html(viz, u['unit'] - 1) if viz is not None else '',
+                    (extra or {}).get(u['unit'], '')) for u in units)}
 <script>{SCRIPT}</script>
 </body></html>
 """
@@ -550,7 +583,7 @@ def write_report(layer_dir, k: int = 10, dataset=None) -> pathlib.Path:
   path = found.path / REPORT_NAME
   from ndjax.viz import unitviews
   fileio.atomic_write(str(path), render(results, top, ds, k, note, found.folder,
-                                        unitviews.read(found.path)))
+                                        unitviews.read(found.path), companions(found.path)))
   return path
 
 

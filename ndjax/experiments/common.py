@@ -171,10 +171,11 @@ class Experiment:
 
   # --- dissections -------------------------------------------------------------------------------
   def dissect(self, net: Network, layers: Sequence[str], views=None, name: str | None = None,
-              **options) -> dict:
+              required: Sequence[str] = (), **options) -> dict:
     """{(layer, view name): ViewDir} for every layer x view, dissecting only when some folder is
     missing or incomplete (results.json and counts.npz are written last and atomically).
-    name: the run folder under runs/ (default <model>_<weights>[_s<seed>])."""
+    name: the run folder under runs/ (default <model>_<weights>[_s<seed>]); required: further
+    files a reused folder must hold (e.g. sets.npz when `options` ask for label sets)."""
     from ndjax import api, results
     from ndjax import views as views_lib
     model = api.load_model(net.model, net.weights, net.seed)
@@ -188,8 +189,8 @@ class Experiment:
     def complete(folder: str, view) -> bool:
       """Written to the end (results.json and counts.npz come last, atomically) by the same
       view: the same tau, kind, and rotation seed/alpha or directions file."""
-      if not ((run_dir / folder / 'results.json').is_file()
-              and (run_dir / folder / 'counts.npz').is_file()):
+      if not all((run_dir / folder / f).is_file()
+                 for f in ('results.json', 'counts.npz', *required)):
         return False
       try:
         vd = results.load(run_dir / folder)
@@ -264,6 +265,16 @@ class Experiment:
             f'images. Numbers: results.csv, results.json.\n\n{readme.strip()}\n\n'
             + '\n\n'.join(shown) + '\n')
     fileio.atomic_write(self.outdir / 'README.md', text.encode())
+
+
+def write_csv(path, rows: list[dict]) -> None:
+  """rows (dicts with the same keys) as a CSV file, atomically."""
+  from ndjax import fileio
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator='\n')
+  writer.writeheader()
+  writer.writerows(rows)
+  fileio.atomic_write(str(path), buf.getvalue().encode())
 
 
 def weights_identity(net: Network) -> dict:
