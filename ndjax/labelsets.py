@@ -61,11 +61,12 @@ class Registry:
     with self._lock:
       return sorted(self._ids, key=self._ids.get)
 
-  # a checkpoint holds the keys in numbering order, as one flat array and offsets
+  # a checkpoint holds the keys in numbering order, as one flat array and offsets (the flat
+  # array starts with a -1 placeholder: Orbax does not save empty arrays)
   def state(self) -> dict:
     keys = self.keys()
-    return dict(indptr=np.cumsum([0] + [len(k) for k in keys]).astype(np.int64),
-                labels=np.array([l for k in keys for l in k], np.int64))
+    return dict(indptr=np.cumsum([1] + [len(k) for k in keys]).astype(np.int64),
+                labels=np.array([-1] + [l for k in keys for l in k], np.int64))
 
   def restore(self, tree: dict) -> None:
     indptr, flat = np.asarray(tree['indptr']), np.asarray(tree['labels'])

@@ -79,6 +79,9 @@ flags.DEFINE_integer('topk', 10, 'Top images per unit (by maximum activation) ke
 flags.DEFINE_bool('report', True, 'Write report.html per layer/view: summary, detector bar graph, '
                   'every unit with its top images and masks (from the run\'s outputs).')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
+flags.DEFINE_bool('label_sets', False, 'Also count each unit\'s mask per label set (sets.npz; '
+                  'plain layers only), for compositional explanations: python -m '
+                  'ndjax.experiments.compositional --results=<run>/<layer>.')
 flags.DEFINE_integer('checkpoint_every', 50, 'Checkpoint the streaming state (Orbax) every N '
                      'batches, so that --resume can continue a killed run; 0 = never.')
 flags.DEFINE_bool('resume', False, 'Continue from the newest checkpoint of this run, if any.')
@@ -190,7 +193,7 @@ def run() -> list[str]:
         model, ds, layers, views=views, upsample=FLAGS.upsample, batch_size=FLAGS.batch_size,
         cache_gb=FLAGS.cache_gb, cache_dir=FLAGS.cache_dir or None,
         skip_bad_images=FLAGS.skip_bad_images, progress=FLAGS.progress, topk=FLAGS.topk,
-        devices=FLAGS.devices, compute_dtype=FLAGS.compute_dtype, checkpoint_every=FLAGS.checkpoint_every, resume=FLAGS.resume,
+        label_sets=FLAGS.label_sets, devices=FLAGS.devices, compute_dtype=FLAGS.compute_dtype, checkpoint_every=FLAGS.checkpoint_every, resume=FLAGS.resume,
         checkpoint_dir=FLAGS.checkpoint_dir or os.path.join(run_dir, '.resume'),
         identity={'model': name, 'weights': model.weights, 'seed': FLAGS.seed,
                   'dataset': os.path.abspath(FLAGS.dataset) if FLAGS.dataset else
@@ -210,7 +213,7 @@ def _write(out, ds, model, layers, run_dir, wall) -> list[str]:
               'model', 'weights', 'seed', 'dataset', 'layers', 'tau', 'rotation', 'rotation_seed',
               'rotation_alpha', 'directions', 'iou_threshold', 'upsample', 'denominator',
               'batch_size', 'outdir', 'run_name', 'cache_gb', 'skip_bad_images', 'topk',
-              'viz', 'compute_dtype')},
+              'viz', 'compute_dtype', 'label_sets')},
           'resolved': {'model': model.name, 'weights': model.weights,
                        'dataset': str(getattr(ds, 'root', '')),
                        'layers': layers, 'run_dir': os.path.abspath(run_dir)}}

@@ -196,3 +196,32 @@ def test_bad_search_settings_are_one_line(probe):
   for kwargs in (dict(beam_size=0), dict(max_length=0), dict(penalty=0.0), dict(penalty=1.5)):
     with pytest.raises(formulas.FormulaError):
       formulas.explain(res.sets, ds.num_labels, **kwargs)
+
+
+@pytest.mark.slow
+def test_compositional_experiment_end_to_end(tmp_path):
+  """The experiment's command dissects with label sets and writes formulas.csv beside tally.csv:
+  every formula scores at least its unit's best single label, whose IoU is the dissection's own
+  under the 'dataset' denominator (recomputed here from counts.npz)."""
+  import csv
+  import subprocess
+  import sys
+  from ndjax import results
+  out = tmp_path / 'comp'
+  cmd = [sys.executable, '-m', 'ndjax.experiments.compositional', '--network=alexnet:random',
+         '--layer=conv5', '--probe=synthetic', '--images=40', f'--outdir={out}', '--noprogress']
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-2000:]
+  folder = out / 'runs' / 'alexnet_random_s0' / 'conv5'
+  rows = list(csv.DictReader(open(folder / 'formulas.csv')))
+  assert len(rows) == 256
+  single = results.load(folder).iou_matrix('dataset').max(axis=1)
+  for r in rows:
+    assert float(r['formula_iou']) >= float(r['single_iou'])
+    assert float(r['single_iou']) == pytest.approx(single[int(r['unit']) - 1], abs=1e-12)
+    assert int(r['length']) <= 3
+  assert 'Formula: <b>' in (folder / 'report.html').read_text()
+  assert (out / 'compositional.png').is_file()
+  again = subprocess.run(cmd + ['--formula_categories=nope'], capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
