@@ -191,3 +191,16 @@ def test_view_names_are_exact_and_distinct():
       'rot_s2_a0.25_tau0.01000001', 'rot_s2_a1', 'rot_s2_a1_tau0.01', 'rot_s2_a1_tau0.01000001']
   with pytest.raises(views.ViewError, match='listed twice'):
     views.ViewSpec(rotation_seed=0, rotation_alphas=(0.5, 0.5))
+
+
+def test_with_identity_keeps_the_plain_layer_once(tmp_path):
+  from ndjax import views
+  path = tmp_path / 'null.npy'
+  np.save(path, np.eye(4, 3))
+  built = views.build(views.ViewSpec(directions=(str(path),), with_identity=True), 4)
+  assert [(v.name, v.kind) for v in built] == [('', 'identity'), ('dir_null', 'directions')]
+  assert built[0].matrix is None
+  built = views.build(views.ViewSpec(rotation_seed=1, rotation_alphas=(0.0, 1.0),
+                                     with_identity=True), 4)
+  assert [v.name for v in built] == ['', 'rot_s1_a1']           # alpha 0 is not a second copy
+  assert [v.name for v in views.build(views.ViewSpec(directions=(str(path),)), 4)] == ['dir_null']
