@@ -94,14 +94,16 @@ def main(argv):
   report.write_report(folder, dataset=ds)
   gain = np.array([r['formula_iou'] - r['single_iou'] for r in rows])
   lengths = np.array([r['length'] for r in rows])
+  # examples: the units whose formula adds most to their best single label
   examples = sorted((r for r in rows if r['length'] >= 2),
-                    key=lambda r: (-r['formula_iou'], r['unit']))[:FLAGS.examples]
+                    key=lambda r: (r['single_iou'] - r['formula_iou'], r['unit']))[:FLAGS.examples]
   summary = dict(folder=str(folder), units=len(rows), num_sets=sets.num_sets,
                  beam_size=FLAGS.beam_size, max_formula_length=FLAGS.max_formula_length,
                  complexity_penalty=FLAGS.complexity_penalty,
                  mean_single_iou=float(np.mean([r['single_iou'] for r in rows])),
                  mean_formula_iou=float(np.mean([r['formula_iou'] for r in rows])),
                  lengths={int(n): int((lengths == n).sum()) for n in np.unique(lengths)},
+                 units_gaining_over_0_01=int((gain > 0.01).sum()),
                  dissection_s=round(dissect_s, 1), search_s=round(search_s, 2),
                  examples=examples)
   lines = [f"- unit {r['unit']}: **{r['formula']}** IoU {r['formula_iou']:.4f} (single label "
@@ -110,10 +112,12 @@ def main(argv):
           f"length <= {FLAGS.max_formula_length}, penalty {FLAGS.complexity_penalty:g}. Mean IoU "
           f"single label {summary['mean_single_iou']:.4f} -> formula "
           f"{summary['mean_formula_iou']:.4f} (dataset-wide IoU); formula lengths "
-          f"{summary['lengths']}. Beam search {search_s:.1f} s"
+          f"{summary['lengths']}; {summary['units_gaining_over_0_01']} units gain > 0.01 IoU. "
+          f"Beam search {search_s:.1f} s"
           + (f" after a dissection of {dissect_s / 60:.1f} min" if not FLAGS.results else ''))
   exp.write(rows, summary, {'compositional': _figure(rows, gain)},
-            '## Headline\n\n' + head + '\n\nExamples (the best formulas of 2+ labels):\n\n'
+            '## Headline\n\n' + head + '\n\nExamples (the units whose formula gains most over '
+            'their best single label):\n\n'
             + '\n'.join(lines) + '\n\nPer unit: results.csv, and formulas.csv beside the '
             "dissection's tally.csv (its report shows the formula on every unit page).")
   print(head)
