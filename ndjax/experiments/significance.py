@@ -81,6 +81,7 @@ def main(argv):
     summary.append(dict(network=net.label, folder=str(folder), units=len(observed),
                         null=null_name, p_floor=1.0 / (draws + 1),
                         detectors=int(det.sum()), significant=int(reject.sum()),
+                        p_below_0_05=int((p < 0.05).sum()), at_floor=int((p == p.min()).sum()),
                         significant_detectors=int((det & reject).sum()),
                         unique_significant_detectors=len(uniq),
                         unique_detectors=int(sum(tally.unique_detectors(
@@ -92,7 +93,8 @@ def main(argv):
            f"{s['significant']} units significant at FDR {FLAGS.fdr:g} ({s['significant_detectors']}"
            f" of them detectors, {s['unique_significant_detectors']} unique concepts); null "
            f"{s['null']}: 95th / 99th percentile {s['null_q95']:.4f} / {s['null_q99']:.4f}, max "
-           f"{s['null_max']:.4f}; smallest p-value {s['p_floor']:.2g}" for s in summary]
+           f"{s['null_max']:.4f}; smallest p-value {s['p_floor']:.2g} ({s['at_floor']} units); "
+           f"{s['p_below_0_05']} units with p < 0.05 before the FDR correction" for s in summary]
   exp.write(rows, {'networks': summary, 'null': FLAGS.null, 'draws': draws,
                    'denominator': FLAGS.denominator, 'tau': FLAGS.tau},
             {'significance': _figure(panels)},
@@ -153,7 +155,12 @@ def _permutation_null(exp, net, model, layer, draws):
 
 
 def _figure(panels):
-  fig, axes = common.panels(2 * len(panels), width=4.6, height=3.4)
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(len(panels), 2, figsize=(9.2, 3.4 * len(panels)), squeeze=False,
+                           layout='constrained')
+  axes = axes.ravel()
   for i, (name, observed, null, p, reject) in enumerate(panels):
     ax = axes[2 * i]
     top = max(observed.max(), null.max()) * 1.05 + 1e-9
