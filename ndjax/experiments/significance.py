@@ -81,7 +81,8 @@ def main(argv):
     summary.append(dict(network=net.label, folder=str(folder), units=len(observed),
                         null=null_name, p_floor=1.0 / (draws + 1),
                         detectors=int(det.sum()), significant=int(reject.sum()),
-                        p_below_0_05=int((p < 0.05).sum()), at_floor=int((p == 1.0 / (draws + 1)).sum()),
+                        p_below_0_05=int((p < 0.05).sum()),
+                        at_floor=int((p == 1.0 / (draws + 1)).sum()),
                         significant_detectors=int((det & reject).sum()),
                         unique_significant_detectors=len(uniq),
                         unique_detectors=int(sum(tally.unique_detectors(
