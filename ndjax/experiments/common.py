@@ -175,7 +175,8 @@ class Experiment:
     """{(layer, view name): ViewDir} for every layer x view, dissecting only when some folder is
     missing or incomplete (results.json and counts.npz are written last and atomically).
     name: the run folder under runs/ (default <model>_<weights>[_s<seed>]); required: further
-    files a reused folder must hold (e.g. sets.npz when `options` ask for label sets)."""
+    files a reused plain-layer folder must hold (sets.npz when `options` ask for label sets,
+    which only plain layers get)."""
     from ndjax import api, results
     from ndjax import views as views_lib
     model = api.load_model(net.model, net.weights, net.seed)
@@ -189,8 +190,9 @@ class Experiment:
     def complete(folder: str, view) -> bool:
       """Written to the end (results.json and counts.npz come last, atomically) by the same
       view: the same tau, kind, and rotation seed/alpha or directions file."""
+      extra = tuple(required) if view.kind == 'identity' else ()
       if not all((run_dir / folder / f).is_file()
-                 for f in ('results.json', 'counts.npz', *required)):
+                 for f in ('results.json', 'counts.npz', *extra)):
         return False
       try:
         vd = results.load(run_dir / folder)
