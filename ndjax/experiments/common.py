@@ -137,6 +137,7 @@ class Experiment:
     self.reused: list[str] = []
     self.computed: list[str] = []
     self.reused_seconds = 0.0      # what the reused dissections took when they ran
+    self.reused_from: str | None = None   # where they are, when not under runs/
 
   # --- inputs ------------------------------------------------------------------------------------
   @property
@@ -261,7 +262,7 @@ class Experiment:
     plt.close('all')
     text = (f'# {self.name}\n\nMade by\n\n```bash\n{self.command}\n```\n\n'
             f'Wall time {wall / 60:.1f} min on {_machine()} ({len(self.computed)} dissections run, '
-            f'{len(self.reused)} reused from {self.runs}/'
+            f'{len(self.reused)} reused from {self.reused_from or str(self.runs) + "/"}'
             + (f', which took {self.reused_seconds / 60:.1f} min when they ran'
                if self.reused else '') + f'); probe set: {images} '
             f'images. Numbers: results.csv, results.json.\n\n{readme.strip()}\n\n'

@@ -50,6 +50,10 @@ def main(argv):
     except results.ResultsError as e:
       raise common.ExperimentError(str(e)) from None
     exp.reused.append(f'{folder}')
+    exp.reused_from = str(folder)
+    timings = vd.results.get('timings_s', {})
+    exp.reused_seconds = sum(timings.get(k, 0.0) for k in ('forward_and_threshold',
+                                                            'threshold_refine', 'count'))
     exp.probe_images = vd.results.get('images')
     ds = None
   else:
