@@ -7,7 +7,7 @@ editable, train mode via `model.train()`), `resolve`, `layer_names`, `describe`,
 """
 from __future__ import annotations
 
-from ndjax.models import convstack, densenet, googlenet, mobilenet, resnet
+from ndjax.models import convstack, densenet, googlenet, mobilenet, resnet, vit
 
 MODELS = {
     'alexnet': convstack.alexnet,
@@ -26,6 +26,10 @@ MODELS = {
     'alexnet_gap_wideall': convstack.alexnet_gap_wideall,
     'alexnet_gap_wide1024': convstack.alexnet_gap_wide1024,      # Fig 24's wider conv5
     'alexnet_gap_wide2048': convstack.alexnet_gap_wide2048,
+    # vision transformers (timm's layout; random init): patch tokens of each block as maps
+    'vit_tiny': vit.vit_tiny,
+    'vit_small': vit.vit_small,
+    'vit_base': vit.vit_base,
 }
 
 # The default layer per model: the paper's last conv layer (post-ReLU) or the final features.
@@ -45,6 +49,9 @@ DEFAULT_LAYERS = {
     'alexnet_gap_wideall': ('conv5',),
     'alexnet_gap_wide1024': ('conv5',),
     'alexnet_gap_wide2048': ('conv5',),
+    'vit_tiny': ('block12',),
+    'vit_small': ('block12',),
+    'vit_base': ('block12',),
 }
 
 

@@ -445,6 +445,8 @@ PREPROCESSING = {
     'hed': dict(bgr=True, scale=1.0, mean=(104.00699, 116.66877, 122.67892), std=(1.0, 1.0, 1.0)),
     'torch': dict(bgr=False, scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
     'none': dict(bgr=False, scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),  # raw 0-255 RGB
+    # timm's ViTs (augreg): RGB in [-1, 1]
+    'inception': dict(bgr=False, scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
 }
 
 

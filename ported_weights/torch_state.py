@@ -142,6 +142,8 @@ def _layout(layer, tensor: str, value: np.ndarray) -> tuple[str, np.ndarray] | N
       return 'kernel', value.T if value.ndim == 2 else value
     if tensor == 'bias':
       return 'bias', value
+  elif tensor in getattr(layer, 'TORCH_NAMES', {}):   # layers that say how torch names them
+    return layer.TORCH_NAMES[tensor], value
   return None
 
 
@@ -155,6 +157,8 @@ def _torch_shape(name: str, shape: tuple) -> tuple:
 
 
 def _torch_tensor_name(layer, name: str) -> str:
+  if hasattr(layer, 'TORCH_NAMES'):
+    return {v: k for k, v in layer.TORCH_NAMES.items()}[name]
   if isinstance(layer, layers.BatchNorm2d):
     return {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}[name]
   return {'kernel': 'weight', 'bias': 'bias'}[name]
@@ -192,8 +196,10 @@ def params_from_state_dict(model, state: Mapping[str, np.ndarray], *,
   expected = checkpoint.variable_shapes(model)   # 'layer1_0_conv1.kernel' -> shape, every variable
   params: dict[str, dict[str, np.ndarray]] = {}
   problems = []
+  rename = getattr(model, 'torch_key', None)       # a model whose torch keys need renaming
   for key, value in state.items():
     key = _OLD_DENSENET_KEY.sub(r'\1\2', key)
+    key = rename(key) if rename else key
     if key.startswith(unused):
       continue
     path, _, tensor = key.rpartition('.')

@@ -30,11 +30,12 @@ def headless(name: str, seed: int = 0):
 def test_registry_contract(name):
   model = models.build(name, seed=0)
   assert model.arch == name and model.num_classes == 1000
-  assert model.preprocessing == ('caffe' if name == 'vgg16' else 'torch')
+  vit = name.startswith('vit_')
+  assert model.preprocessing == ('caffe' if name == 'vgg16' else 'inception' if vit else 'torch')
   (default,) = models.DEFAULT_LAYERS[name]
   assert default in model.layer_names()
   assert model.describe(default).startswith(model.resolve(default) + ': ')
-  assert 'post-ReLU' in model.describe(default)
+  assert ('patch tokens as an' if vit else 'post-ReLU') in model.describe(default)
   names = model.layer_names()
   assert len(names) == len(set(names))
   for layer in names:
