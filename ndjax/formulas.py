@@ -111,6 +111,23 @@ def _beam_counts(m, n, truth, pair_set, pair_label, num_labels_like):
   return both, f_and_l, w.sum(-1), f.sum(-1)
 
 
+@jax.jit
+def _label_counts(m, pair_set, pair_label, num_labels_like):
+  """(k, S) counts per set -> (k, N) per label (sum over the sets holding it), int32."""
+  return jax.ops.segment_sum(m.T[pair_set], pair_label,
+                             num_segments=num_labels_like.shape[0]).T
+
+
+def _by_label(sets: LabelSets, m: np.ndarray, num_labels: int, chunk: int = 256) -> np.ndarray:
+  """Σ over the sets holding each label, for every row of m (k, S): (k, N) int64, exact."""
+  pairs = [jnp.asarray(a) for a in _membership_pairs(sets)]
+  like = jnp.zeros(num_labels, jnp.int8)
+  m = np.atleast_2d(m)
+  return np.concatenate([np.asarray(_label_counts(jnp.asarray(m[i:i + chunk], jnp.int32), *pairs,
+                                                  like), np.int64)
+                         for i in range(0, len(m), chunk)] or [np.zeros((0, num_labels), np.int64)])
+
+
 def _iou(inter: np.ndarray, unit: np.ndarray, size: np.ndarray) -> np.ndarray:
   union = unit + size - inter
   with np.errstate(invalid='ignore', divide='ignore'):
@@ -143,8 +160,8 @@ def extension_ious(sets: LabelSets, num_labels: int, units: Sequence[int],
                         jnp.asarray(np.broadcast_to(truth, (len(units),) + truth.shape)),
                         *map(jnp.asarray, _membership_pairs(sets)), jnp.zeros(num_labels, jnp.int8))
   counts = [np.asarray(a, np.int64) for a in counts]
-  m_and_l = sets.unit_pixels[units] @ z.astype(np.int64)
-  label_px = sets.pixels @ z.astype(np.int64)
+  m_and_l = _by_label(sets, sets.unit_pixels[units], num_labels)
+  label_px = _by_label(sets, sets.pixels, num_labels)[0]
   unit_px = sets.unit_pixels[units].sum(1)
   return np.stack([_extension_ious([a[i] for a in counts], m_and_l[i], label_px, unit_px[i])
                    for i in range(len(units))])
@@ -152,9 +169,8 @@ def extension_ious(sets: LabelSets, num_labels: int, units: Sequence[int],
 
 def single_label_ious(sets: LabelSets, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
   """(IoU (K, N) float64, |L| (N,)) of every unit with every single label, dataset-wide."""
-  z = sets.membership(num_labels).astype(np.int64)
-  inter = sets.unit_pixels @ z
-  label = sets.pixels @ z
+  inter = _by_label(sets, sets.unit_pixels, num_labels)
+  label = _by_label(sets, sets.pixels, num_labels)[0]
   return _iou(inter, sets.unit_pixels.sum(1)[:, None], label[None, :]), label
 
 
@@ -192,7 +208,7 @@ def explain(sets: LabelSets, num_labels: int, *, beam_size: int = 5, max_length:
     us = units[start:start + chunk]
     beams = [_initial_beam(ious[u], beam_size) for u in us]
     m_dev = jnp.asarray(sets.unit_pixels[us], jnp.int32)
-    m_and_l = sets.unit_pixels[us] @ z.astype(np.int64)             # (k, N) |M ∩ L|
+    m_and_l = _by_label(sets, sets.unit_pixels[us], num_labels)    # (k, N) |M ∩ L|
     for _ in range(max_length - 1):
       truth = np.zeros((len(us), beam_size, s), bool)
       for i, beam in enumerate(beams):
