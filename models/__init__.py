@@ -59,7 +59,9 @@ def default_layers(model) -> tuple[str, ...]:
   """`DEFAULT_LAYERS` of the model's arch, or, when its weights end before them (CRAFT's VGG16-BN
   trunk stops at conv5_2), its deepest paper-named layer."""
   names = model.layer_names()
-  wanted = DEFAULT_LAYERS[model.arch]
+  wanted = DEFAULT_LAYERS.get(model.arch)
+  if wanted is None:                  # a wrapped user model (models/adapter.py): its last tap
+    return (names[-1],)
   if all(layer in names for layer in wanted):
     return wanted
   return (list(model.aliases)[-1] if model.aliases else names[-1],)

@@ -249,14 +249,16 @@ def write_outputs(out: DissectOutput, ds, run_dir: str, *, model=None, meta: dic
     labels = tally.label_units(res.counts, ds, denominator)
     folder = os.path.join(run_dir, res.folder)
     os.makedirs(folder, exist_ok=True)
+    geometry = module.rf_geometry(res.layer) if module else None
+    rf = module.receptive_field(res.layer) if module else None
     layer_meta = {'layer': res.layer, 'folder': res.folder, 'view': res.view.describe(),
                   'activation': res.description, 'denominator': denominator,
                   'iou_threshold': iou_threshold,
-                  'upsample': {'mode': upsample,
-                               'rf_geometry': list(module.rf_geometry(res.layer)) if module else None},
+                  # a tap whose model declares no geometry is upsampled with `center`
+                  'upsample': {'mode': upsample if geometry is not None else 'center',
+                               'rf_geometry': list(geometry) if geometry is not None else None},
                   # where each unit looks in the input (top patches crop these windows)
-                  'receptive_field': (dataclasses.asdict(module.receptive_field(res.layer))
-                                      if module else None)}
+                  'receptive_field': dataclasses.asdict(rf) if rf is not None else None}
     if res.top is not None:
       res.top.save(os.path.join(folder, 'topk.npz'))
     if res.sets is not None:     # before counts.npz: a folder with counts has its sets too

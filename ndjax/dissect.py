@@ -293,8 +293,8 @@ def make_plan(model, ds, cfg: DissectConfig) -> Plan:
   for key, per_layer in shapes.items():
     for l, (h, w, _) in per_layer.items():
       rf = model.rf_geometry(l) if cfg.upsample == 'rf' else None
-      taps = [upsample.two_taps(m) for m in upsample.matrices(cfg.upsample, (h, w), key[:2],
-                                                               key[2:], rf)]
+      mode = 'center' if rf is None else cfg.upsample     # a tap without declared geometry
+      taps = [upsample.two_taps(m) for m in upsample.matrices(mode, (h, w), key[:2], key[2:], rf)]
       mats[key, l] = tuple(tuple(jnp.asarray(a) for a in t) for t in taps)
       geometry = tiles_lib.tiles(*taps)
       use = (cfg.count_kernel == 'tiles' or
