@@ -30,6 +30,7 @@ MODELS = {
     'vit_tiny': vit.vit_tiny,
     'vit_small': vit.vit_small,
     'vit_base': vit.vit_base,
+    'dinov2_vits14': vit.dinov2_vits14,
 }
 
 # The default layer per model: the paper's last conv layer (post-ReLU) or the final features.
@@ -52,6 +53,7 @@ DEFAULT_LAYERS = {
     'vit_tiny': ('block12',),
     'vit_small': ('block12',),
     'vit_base': ('block12',),
+    'dinov2_vits14': ('block12',),
 }
 
 

