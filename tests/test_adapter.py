@@ -129,3 +129,29 @@ def test_readme_example_runs(tmp_path, monkeypatch):
   exec(compile(code, 'README.md', 'exec'), {})
   for layer in ('conv1', 'conv2'):
     assert (tmp_path / 'ndjax_results' / 'mynet' / layer / 'tally.csv').is_file()
+
+
+def test_a_user_vit_through_the_adapter_dissects_like_the_zoo_vit(tmp_path):
+  """The transformer case: a ViT's patch tokens handed over as maps with `Grid.patches` dissect
+  exactly like the zoo's VisionTransformer (same module, same weights) tapped directly."""
+  from ndjax.data import broden
+  from ndjax.models import vit
+  rng = np.random.default_rng(5)
+  items = [{'image': rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+            'masks': {'color': [np.where(rng.random((32, 32)) < 0.4, rng.choice([1, 2, 3], (32, 32)),
+                                         0).astype(np.int32)]},
+            'image_labels': {'scene': [int(rng.choice([12, 13]))]}} for _ in range(8)]
+  ds = broden.open_broden(make_broden(tmp_path / 'b', CATS, LABELS, items))
+  net = vit.VisionTransformer(image_size=64, patch_size=16, width=32, depth=2, heads=2,
+                              num_classes=None, rngs=nnx.Rngs(1))
+  wrapped = adapter.wrap(net, lambda n, x: n.forward(x, ['blocks.1']), preprocessing='inception',
+                         taps={'blocks.1': adapter.Grid.patches(16, 64)}, name='myvit',
+                         example_size=64)
+  assert wrapped.rf_geometry('blocks.1') == net.rf_geometry('blocks.1')
+  assert wrapped.receptive_field('blocks.1') == net.receptive_field('blocks.1')
+  cfg = dissect.DissectConfig(layers=('blocks.1',), tau=0.05, batch_size=4, progress=False, topk=2)
+  a = dissect.dissect(wrapped, ds, cfg).results[0]
+  b = dissect.dissect(net, ds, cfg).results[0]
+  np.testing.assert_array_equal(a.thresholds, b.thresholds)
+  np.testing.assert_array_equal(a.counts.inter, b.counts.inter)
+  assert a.counts.act_pixels.sum() > 0
