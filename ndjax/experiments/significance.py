@@ -42,7 +42,7 @@ flags.DEFINE_bool('count_label_sets', False, 'Also count label sets (sets.npz) i
 
 def main(argv):
   del argv
-  from ndjax import api, report, significance, tally
+  from ndjax import api, report, results, significance, tally
   if FLAGS.null_draws < 0:
     raise common.ExperimentError(f'--null_draws={FLAGS.null_draws} must be >= 1 (0 = default)')
   if not 0.0 < FLAGS.fdr < 1.0:
@@ -60,7 +60,7 @@ def main(argv):
     else:
       folder, null = _permutation_null(exp, net, model, layer, draws)
       null_name = f'{draws} label permutations (seed {FLAGS.null_seed})'
-    vd = _load(folder)
+    vd = results.load(folder)
     labels = vd.labels(FLAGS.denominator)
     observed = labels.best_iou
     p = significance.p_values(observed, null)
@@ -104,11 +104,6 @@ def main(argv):
             'tally.csv (its report shows the p-value on every unit page).')
   for line in lines:
     print(line.replace('**', ''))
-
-
-def _load(folder):
-  from ndjax import results
-  return results.load(folder)
 
 
 def _directions_null(exp, net, model, layer, draws):
